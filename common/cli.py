@@ -1,0 +1,66 @@
+"""The one command-line entry point: ``lightning`` and ``defectfm`` console scripts.
+
+``lightning fit|validate|test|predict --config EXPERIMENT.yaml [--config configs/trainer/X.yaml] [--key value]``
+is a :class:`DefectCLI` (a LightningCLI in subclass mode: model and data are chosen by ``class_path`` in the
+YAML). ``defectfm`` is the same command with project tools added as extra sub-commands, e.g.
+``defectfm demo-data --out data/demo``.
+
+Bad input data ends with one line naming the file and the problem (exit code 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from common.data.errors import DataError
+
+
+class DefectCLI(LightningCLI):
+    """LightningCLI with defectfm's defaults: subclass mode for model and data, stackable ``--config``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Hook for project-wide arguments (none yet: models take the data vocabulary in ``setup``)."""
+
+
+def _demo_data(argv: Sequence[str]) -> None:
+    from common.data.demo import main as demo_main
+
+    demo_main(argv)
+
+
+EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+    "demo-data": (_demo_data, "write the generated demo dataset (MVTec layout)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the process exit code."""
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in EXTRA_COMMANDS:
+        EXTRA_COMMANDS[argv[0]][0](argv[1:])
+        return 0
+    if argv and argv[0] in ("-h", "--help"):
+        extra = "\n".join(f"  {k:<12} {v[1]}" for k, v in EXTRA_COMMANDS.items())
+        print(f"defectfm tools (besides fit/validate/test/predict below):\n{extra}\n")
+    try:
+        DefectCLI(args=None if from_sys else argv)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Reading images and masks with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from common.data.errors import DataError
+from common.data.types import Sample, SampleRecord
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` has an image extension (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files directly inside ``folder``."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # forces decoding, so truncated files fail here and not in a worker later
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e}); the file is corrupt, truncated or not an image") from e
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Reads an image as ``(H, W, 3)`` uint8 RGB, whatever its mode (L, RGBA, I;16...).
+
+    Raises:
+        DataError: The file is missing, truncated or not an image; the message names it.
+    """
+    img = _open(Path(path))
+    if img.mode in ("I;16", "I;16B", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (255.0 * (arr - arr.min()) / max(arr.max() - arr.min(), 1.0)).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_mask_array(path: str | Path) -> np.ndarray:
+    """Reads a mask file as a 2-D array of its raw values (first channel for colour masks)."""
+    img = _open(Path(path))
+    arr = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I", "I;16") else img)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr
+
+
+def load_sample(record: SampleRecord) -> Sample:
+    """Loads the pixels of ``record``.
+
+    Raises:
+        DataError: Unreadable image or mask, or a mask whose size differs from its image (names both files
+            and both sizes).
+    """
+    image = read_image(record.image_path)
+    mask = class_mask = None
+    if record.mask_path is not None:
+        raw = read_mask_array(record.mask_path)
+        if raw.shape[:2] != image.shape[:2]:
+            ih, iw = image.shape[:2]
+            mh, mw = raw.shape[:2]
+            raise DataError(
+                f"mask {record.mask_path} is {mw}x{mh} (WxH) but its image {record.image_path} is {iw}x{ih}; "
+                "masks must have the size of their image"
+            )
+        if record.mask_kind == "class_id":
+            class_mask = raw.astype(np.int64)
+            k = len(record.class_names)
+            if class_mask.max(initial=0) > k:
+                raise DataError(
+                    f"mask {record.mask_path} holds class id {int(class_mask.max())} but only {k} classes "
+                    f"are known ({', '.join(record.class_names)})"
+                )
+            mask = (class_mask > 0).astype(np.uint8)
+        else:
+            mask = (raw > record.mask_threshold).astype(np.uint8)
+    is_anomalous = bool(record.is_anomalous) if record.is_anomalous is not None else bool(
+        mask is not None and mask.any()
+    )
+    return Sample(
+        image=image,
+        mask=mask,
+        is_anomalous=is_anomalous,
+        defect_type=record.defect_type,
+        object_name=record.object_name,
+        caption=record.caption,
+        path=str(record.image_path),
+        class_mask=class_mask,
+    )

@@ -1,0 +1,121 @@
+"""Typed records, samples and batches shared by every reader, the DataModule and both model families.
+
+Data flows one way: a reader lists :class:`SampleRecord` s (paths and labels, cheap), the dataset loads one
+:class:`Sample` (pixels) per record, transforms turn it into tensors, and the collate function stacks them
+into one :class:`DefectBatch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+NORMAL = "good"
+"""Defect-type name of a defect-free sample (MVTec AD's folder name for it)."""
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One entry of a dataset listing: where the pixels are and what is known about them.
+
+    Attributes:
+        image_path: The image file.
+        object_name: The product/object the image shows (e.g. ``"bottle"``, ``"magnetic_tile"``).
+        defect_type: Defect-type name, :data:`NORMAL` for a defect-free sample.
+        is_anomalous: Whether the sample shows a defect. ``None`` when unknown (unlabelled data).
+        mask_path: Pixel mask file, or ``None`` when the sample has no mask (normal samples, or weak labels).
+        mask_kind: How to read ``mask_path``: ``"binary"`` (> ``mask_threshold`` is defect) or ``"class_id"``
+            (pixel values are class ids into ``class_names``, 0 = background).
+        mask_threshold: Threshold for binary masks stored with JPEG-like noise.
+        class_names: For ``"class_id"`` masks, the names of ids 1..K.
+        caption: Free-text description, when the dataset has one.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` when the dataset defines no split.
+        extra: Anything else a reader knows (VisA's original label, manifest labels...).
+    """
+
+    image_path: Path
+    object_name: str
+    defect_type: str
+    is_anomalous: bool | None
+    mask_path: Path | None = None
+    mask_kind: str = "binary"
+    mask_threshold: int = 127
+    class_names: tuple[str, ...] = ()
+    caption: str | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Sample:
+    """One loaded sample.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB image.
+        mask: ``(H, W)`` uint8 binary defect mask {0, 1}, or ``None`` when the dataset has no mask for it.
+            Normal samples with a mask-bearing dataset get an all-zero mask.
+        class_mask: ``(H, W)`` int64 map of defect-type ids (0 = background, i = ``vocabulary[i]``) when the
+            dataset gives per-pixel classes; ``None`` otherwise (the DataModule then derives it from ``mask``
+            and ``defect_type``).
+        is_anomalous: Image label.
+        defect_type: Defect-type name (:data:`NORMAL` for defect-free); for multi-class images the class
+            covering the largest area.
+        object_name: Object/product name.
+        caption: Text description or ``None``.
+        path: The image file, as a string.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    is_anomalous: bool
+    defect_type: str
+    object_name: str
+    caption: str | None
+    path: str
+    class_mask: np.ndarray | None = None
+
+
+@dataclass
+class DefectBatch:
+    """A collated batch, the one batch type every model consumes.
+
+    Attributes:
+        image: ``(B, 3, H, W)`` float32, normalised as configured.
+        mask: ``(B, 1, H, W)`` float32 binary defect mask (zeros where ``has_mask`` is False).
+        has_mask: ``(B,)`` bool, whether the sample came with a pixel mask.
+        label: ``(B,)`` int64 image label, 1 = anomalous.
+        defect_type_id: ``(B,)`` int64 index into the DataModule vocabulary (0 = :data:`NORMAL`).
+        class_mask: ``(B, H, W)`` int64 per-pixel defect-type ids (0 = background).
+        object_id: ``(B,)`` int64 index into the DataModule's object names.
+        defect_type: Defect-type names, length B.
+        object_name: Object names, length B.
+        caption: Captions (``None`` where absent), length B.
+        path: Image paths, length B.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    has_mask: torch.Tensor
+    label: torch.Tensor
+    defect_type_id: torch.Tensor
+    class_mask: torch.Tensor
+    object_id: torch.Tensor
+    defect_type: list[str]
+    object_name: list[str]
+    caption: list[str | None]
+    path: list[str]
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    def to(self, device: torch.device | str, **kwargs: Any) -> DefectBatch:
+        """Moves every tensor field to ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = v.to(device, **kwargs) if isinstance(v, torch.Tensor) else v
+        return DefectBatch(**values)
