@@ -1,0 +1,119 @@
+"""What a ``predict_step`` returns for one image, and the callback writing it to disk.
+
+Models return a list of :class:`ImagePrediction` per batch; :class:`PredictionWriter` writes per image an
+overlay PNG, the anomaly map (16-bit PNG) and one JSON line, and at the end a contact sheet and a CSV summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+
+from common.viz.overlay import contact_sheet, overlay
+
+
+@dataclass
+class ImagePrediction:
+    """One image's prediction, ready to write.
+
+    Attributes:
+        path: Source image path.
+        image: ``(H, W, 3)`` uint8 image at the model's input resolution.
+        anomaly_map: ``(H, W)`` float anomaly probabilities in [0, 1].
+        label: Short text drawn on the overlay, e.g. ``"scratch 0.97"``.
+        record: The JSON line: object, defect type, probability, regions, explanation...
+        threshold: Level at which the overlay contour is drawn.
+    """
+
+    path: str
+    image: np.ndarray
+    anomaly_map: np.ndarray
+    label: str
+    record: dict[str, Any] = field(default_factory=dict)
+    threshold: float = 0.5
+
+
+def _safe_stem(path: str, index: int) -> str:
+    parts = Path(path).with_suffix("").parts[-3:]
+    return f"{index:05d}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts))
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes :class:`ImagePrediction` s: overlays, maps, JSON lines, a contact sheet and a CSV summary.
+
+    Output layout (``output_dir``): ``overlays/<n>_<name>.png``, ``maps/<n>_<name>.png`` (anomaly probability
+    x 65535 as 16-bit grey), ``predictions.jsonl``, ``contact_sheet.png``, ``summary.csv``.
+
+    Args:
+        output_dir: Folder to write into (created).
+        contact_sheet_max: At most this many overlays go on the contact sheet.
+        csv_fields: Keys of each record copied into the CSV (missing keys stay empty).
+    """
+
+    def __init__(
+        self,
+        output_dir: str = "runs/predict",
+        contact_sheet_max: int = 64,
+        csv_fields: Sequence[str] = ("path", "object", "is_anomalous", "defect_type", "probability",
+                                     "anomaly_score", "num_regions", "area_percent", "explanation"),
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.contact_sheet_max = contact_sheet_max
+        self.csv_fields = list(csv_fields)
+        self._count = 0
+        self._thumbs: list[np.ndarray] = []
+        self._captions: list[str] = []
+        self._rows: list[dict[str, Any]] = []
+
+    def _suffix(self, trainer: L.Trainer) -> str:
+        return f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for sub in ("overlays", "maps"):
+            (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._jsonl = self.output_dir / f"predictions{self._suffix(trainer)}.jsonl"
+        self._jsonl.write_text("")
+        self._count, self._thumbs, self._captions, self._rows = 0, [], [], []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        """Writes the files of one batch of :class:`ImagePrediction` s."""
+        lines = []
+        for pred in prediction:
+            stem = _safe_stem(pred.path, self._count)
+            self._count += 1
+            over = overlay(pred.image, pred.anomaly_map, pred.threshold, pred.label)
+            Image.fromarray(over).save(self.output_dir / "overlays" / f"{stem}.png")
+            amap = np.clip(np.asarray(pred.anomaly_map, dtype=np.float64), 0, 1)
+            Image.fromarray((amap * 65535).round().astype(np.uint16)).save(self.output_dir / "maps" / f"{stem}.png")
+            rec = {"path": pred.path, **pred.record, "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.png"}
+            lines.append(json.dumps(rec, default=float))
+            self._rows.append(rec)
+            if len(self._thumbs) < self.contact_sheet_max:
+                self._thumbs.append(over)
+                self._captions.append(pred.label)
+        with self._jsonl.open("a") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        suffix = self._suffix(trainer)
+        if self._thumbs:
+            sheet = contact_sheet(self._thumbs, self._captions)
+            Image.fromarray(sheet).save(self.output_dir / f"contact_sheet{suffix}.png")
+        with (self.output_dir / f"summary{suffix}.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.csv_fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self._rows)
+        if trainer.is_global_zero:
+            print(f"predictions: {self._count} images -> {self.output_dir} "
+                  f"(overlays/, maps/, predictions.jsonl, contact_sheet.png, summary.csv)")
