@@ -1,0 +1,132 @@
+"""Generation metrics: FID and Inception Score over torchmetrics, with Inception weights from a local file.
+
+Nothing is ever downloaded: the Inception-v3 weights (torch-fidelity's ``pt_inception-2015-12-05`` file, the
+one torchmetrics would fetch) come from the path in the config setting ``inception_weights``; when it is unset
+or the file is missing, construction fails with an error that names the setting. The Inception network itself
+is torchmetrics' ``NoTrainInceptionV3``, which needs the ``torch-fidelity`` package.
+
+Any ``nn.Module`` can replace Inception through ``feature`` (e.g. a domain encoder, or a tiny network in
+tests); then no weights file is needed. The FID math is torchmetrics' (float64 running sums, eigenvalue-based
+matrix square root).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.inception import InceptionScore as _TMInceptionScore
+from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+__all__ = ["FID", "InceptionScore", "resolve_inception_weights"]
+
+SETTING = "inception_weights"
+
+
+def resolve_inception_weights(path: str | Path | None) -> str:
+    """Checks the ``inception_weights`` setting and returns the path as a string.
+
+    Raises:
+        ValueError: the setting is unset.
+        FileNotFoundError: the file does not exist.
+        ModuleNotFoundError: ``torch-fidelity`` (needed for the Inception network) is not installed.
+    """
+    if path is None or str(path) == "":
+        raise ValueError(
+            f"`{SETTING}` is not set: FID/IS need a local Inception-v3 weights file (torch-fidelity's "
+            "'pt_inception-2015-12-05-6726825d.pth'); downloads are disabled. Set `"
+            f"{SETTING}: /path/to/pt_inception-2015-12-05-6726825d.pth` in the config, or pass a custom "
+            "`feature` module."
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"`{SETTING}` points to '{p}', which does not exist; FID/IS need a local Inception-v3 weights file "
+            "(downloads are disabled)."
+        )
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise ModuleNotFoundError(
+            "FID/IS with Inception-v3 need the `torch-fidelity` package (`pip install torch-fidelity`); "
+            f"`{SETTING}` is set to '{p}'."
+        )
+    return str(p)
+
+
+class FID(FrechetInceptionDistance):
+    """Frechet Inception Distance.
+
+    ``update(imgs, real)``: ``imgs`` ``(N, 3, H, W)``, float in [0, 1] if ``normalize`` else uint8 (Inception);
+    whatever the custom ``feature`` module takes otherwise. ``compute`` -> scalar tensor.
+
+    Args:
+        inception_weights: local path of the Inception-v3 weights; required unless ``feature`` is a module.
+        feature: Inception feature size (64, 192, 768 or 2048) or a custom ``nn.Module`` mapping images to
+            ``(N, D)`` features.
+        reset_real_features: clear the real-image statistics on ``reset()``.
+        normalize: inputs are floats in [0, 1] (Inception only).
+        **kwargs: forwarded to ``FrechetInceptionDistance``.
+    """
+
+    def __init__(
+        self,
+        inception_weights: str | Path | None = None,
+        feature: int | nn.Module = 2048,
+        reset_real_features: bool = True,
+        normalize: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(feature, nn.Module):
+            super().__init__(
+                feature=feature, reset_real_features=reset_real_features, normalize=normalize, **kwargs
+            )
+        else:
+            path = resolve_inception_weights(inception_weights)
+            super().__init__(
+                feature=int(feature),
+                reset_real_features=reset_real_features,
+                normalize=normalize,
+                feature_extractor_weights_path=path,
+                **kwargs,
+            )
+
+
+class InceptionScore(_TMInceptionScore):
+    """Inception Score. ``compute`` -> ``{"is_mean": , "is_std": }`` over ``splits`` random splits.
+
+    ``update(imgs)``: ``imgs`` ``(N, 3, H, W)``, float in [0, 1] if ``normalize`` else uint8 (Inception).
+
+    Args:
+        inception_weights: local path of the Inception-v3 weights; required unless ``feature`` is a module.
+        feature: ``"logits_unbiased"`` (Inception) or a custom ``nn.Module`` returning ``(N, classes)`` logits.
+        splits: number of splits for the mean/std.
+        normalize: inputs are floats in [0, 1] (converted to uint8 for Inception).
+        **kwargs: forwarded to torchmetrics' ``InceptionScore``.
+    """
+
+    def __init__(
+        self,
+        inception_weights: str | Path | None = None,
+        feature: str | nn.Module = "logits_unbiased",
+        splits: int = 10,
+        normalize: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(feature, nn.Module):
+            # torchmetrics' InceptionScore has no weights-path argument: build the extractor with the path here.
+            path = resolve_inception_weights(inception_weights)
+            feature = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=[str(feature)], feature_extractor_weights_path=path
+            )
+        super().__init__(feature=feature, splits=splits, normalize=normalize, **kwargs)
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        with warnings.catch_warnings():  # one split: torch warns about std() with zero degrees of freedom
+            warnings.filterwarnings("ignore", message=".*degrees of freedom.*")
+            mean, std = super().compute()
+        if not torch.isfinite(std):  # a single split has no spread: 0.0, not NaN
+            std = torch.zeros_like(std)
+        return {"is_mean": mean, "is_std": std}
