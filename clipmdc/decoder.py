@@ -1,0 +1,148 @@
+"""Trainable parts of CLIP-MDC between the frozen encoders and the outputs: adapters and the fusion decoder.
+
+All of it is vocabulary-agnostic (no layer has ``K`` channels), so the defect-type vocabulary can change at
+test time without retraining: class-dependent outputs are always similarities to text embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Adapter(nn.Module):
+    """Small trainable map of encoder features into the text-embedding space (acts on the last dim).
+
+    With ``in_dim == out_dim`` it is a residual bottleneck MLP whose output layer starts near zero (std 1e-3),
+    so it starts as (almost) the identity: the frozen CLIP joint space, i.e. zero-shot behaviour; otherwise a
+    linear projection followed by the same residual MLP.
+
+    Args:
+        in_dim: Input features.
+        out_dim: Output features (the text embedding size).
+        hidden: Bottleneck width.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.proj = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(out_dim), nn.Linear(out_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+        )
+        nn.init.normal_(self.mlp[-1].weight, std=1e-3)  # ~identity, yet gradients reach the inner layers
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_dim)`` -> ``(..., out_dim)``."""
+        x = self.proj(x)
+        return x + self.mlp(x)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_dim, h, w)`` -> ``(B, out_dim, h, w)``."""
+        return self(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.GELU(),
+    )
+
+
+class FusionDecoder(nn.Module):
+    """Fuses text-similarity maps, adapted patch tokens and backbone features at one resolution.
+
+    Inputs are resized (bilinear) to the output size, projected to ``width`` channels, concatenated and
+    refined by two 3x3 conv blocks.
+
+    Args:
+        num_layers: Number of token layers ``L``.
+        embed_dim: Channels of the adapted tokens (text embedding size ``D``).
+        evidence_channels: Similarity-evidence channels per token layer.
+        backbone_channels: Channels of each backbone level (empty: no backbone).
+        width: Decoder width ``F``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        evidence_channels: int,
+        backbone_channels: Sequence[int],
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.token_proj = nn.ModuleList(nn.Conv2d(embed_dim, width, 1) for _ in range(num_layers))
+        self.backbone_proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in backbone_channels)
+        cin = width * (1 + (1 if backbone_channels else 0)) + evidence_channels * num_layers
+        self.fuse = nn.Sequential(_conv_block(cin, width), _conv_block(width, width))
+
+    def forward(
+        self,
+        tokens: Sequence[torch.Tensor],
+        evidence: Sequence[torch.Tensor],
+        backbone: Sequence[torch.Tensor],
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Decodes.
+
+        Args:
+            tokens: ``L`` adapted token maps ``(B, D, h_l, w_l)``.
+            evidence: ``L`` similarity-evidence maps ``(B, E, h_l, w_l)``.
+            backbone: Backbone maps ``(B, C_j, H_j, W_j)`` (may be empty).
+            size: Output ``(h, w)``.
+
+        Returns:
+            ``(B, F, h, w)`` fused features.
+        """
+
+        def up(x: torch.Tensor) -> torch.Tensor:
+            return (
+                x
+                if tuple(x.shape[-2:]) == size
+                else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            )
+
+        parts = [sum(up(p(t)) for p, t in zip(self.token_proj, tokens, strict=True))]  # (B, F, h, w)
+        if backbone:
+            parts.append(
+                sum(up(p(b)) for p, b in zip(self.backbone_proj, backbone, strict=True))
+            )  # (B, F, h, w)
+        parts += [up(e) for e in evidence]  # L x (B, E, h, w)
+        return self.fuse(torch.cat(parts, 1))
+
+
+def factorized_type_logits(anomaly_logit: torch.Tensor, defect_logits: torch.Tensor) -> torch.Tensor:
+    """Defect-type log-probabilities from an anomaly logit and defect-type similarities.
+
+    ``log p(good) = log(1 - sigmoid(a))``; ``log p(k) = log sigmoid(a) + log_softmax(defect_logits)_k``.
+
+    Args:
+        anomaly_logit: ``(B, 1, ...)``.
+        defect_logits: ``(B, K, ...)`` (``K`` may be 0).
+
+    Returns:
+        ``(B, K+1, ...)`` log-probabilities (valid logits for softmax / cross-entropy).
+    """
+    normal = F.logsigmoid(-anomaly_logit)
+    if defect_logits.shape[1] == 0:
+        return normal
+    return torch.cat([normal, F.logsigmoid(anomaly_logit) + defect_logits.log_softmax(1)], 1)
+
+
+def topk_mean(logit_map: torch.Tensor, topk: float) -> torch.Tensor:
+    """Mean of the ``topk`` largest values per sample (a fraction of the pixels when < 1, else a count).
+
+    Args:
+        logit_map: ``(B, 1, h, w)``.
+
+    Returns:
+        ``(B,)``.
+    """
+    flat = logit_map.flatten(1)  # (B, h*w)
+    k = int(topk) if topk >= 1 else max(1, round(topk * flat.shape[1]))
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)

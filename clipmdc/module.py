@@ -1,0 +1,220 @@
+"""The thin LightningModule of CLIP-MDC: vocabulary, regime, optimisation, logging and metrics.
+
+The network (:class:`~clipmdc.model.CLIPMDC`) and the loss (:class:`~clipmdc.loss.CLIPMDCLoss`) are injected;
+this module only wires them to the data. Open vocabulary: ``defect_types`` / ``object_names`` replace the
+data's names (e.g. ``--model.init_args.defect_types "[good,scratch,dent]"`` at test time, with a checkpoint
+trained on other names); batch ids are remapped by name, names unknown to the model are ignored by the loss
+and the type metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from clipmdc.explain import explain_batch
+from clipmdc.loss import CLIPMDCLoss
+from clipmdc.model import CLIPMDC
+from clipmdc.output import CLIPMDCOutput
+from clipmdc.prompts import normalize_vocabulary
+from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
+from common.data.types import DefectBatch
+from common.metrics import anomaly_metrics, defect_type_metrics
+from common.prediction import ImagePrediction
+from common.synthesis.generator import PerlinAnomalyGenerator
+
+
+class CLIPMDCModule(L.LightningModule):
+    """Trains and evaluates :class:`~clipmdc.model.CLIPMDC`.
+
+    Args:
+        model: The network (a preset function or ``clipmdc.model.CLIPMDC`` in YAML).
+        loss: The loss; ``None`` = :class:`~clipmdc.loss.CLIPMDCLoss` with default weights.
+        regime: ``"supervised"``, ``"weakly_supervised"`` or ``"normal_only"`` (:mod:`clipmdc.regimes`).
+        optimizer: Optimizer factory; gets only the trainable parameters.
+        scheduler: LR scheduler factory, or ``None``.
+        defect_types: Vocabulary override (``"good"`` first); ``None`` takes the DataModule's ``vocabulary``.
+        object_names: Object-name override; ``None`` takes the DataModule's ``object_names``. Data object ids
+            are mapped by name; with ``per_object_prompts`` every data object must be in the override.
+        synthesis: Perlin anomaly generator applied on-device to normal training samples, or ``None``.
+        synthetic_defect_type: Vocabulary name given to synthetic anomalies (must be in the vocabulary);
+            ``None`` = unknown type (they train the anomaly outputs, not the type outputs).
+        metrics_mode: ``"exact"`` or ``"binned"`` pixel metrics (binned: memory independent of the test size).
+        pixel_metrics: Compute pixel AUROC/AP/AUPRO (needs masks in val/test data).
+        seed: Seed of the synthesis stream (offset by the process rank).
+        image_threshold: Image anomaly probability from which ``predict`` calls an image defective.
+        pixel_threshold: Pixel anomaly probability from which ``predict`` draws a defect region.
+    """
+
+    def __init__(
+        self,
+        model: CLIPMDC,
+        loss: CLIPMDCLoss | None = None,
+        regime: str = "supervised",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        defect_types: list[str] | None = None,
+        object_names: list[str] | None = None,
+        synthesis: PerlinAnomalyGenerator | None = None,
+        synthetic_defect_type: str | None = None,
+        metrics_mode: str = "binned",
+        pixel_metrics: bool = True,
+        seed: int = 0,
+        image_threshold: float = 0.5,
+        pixel_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "loss", "synthesis", "optimizer", "scheduler"])
+        self.model = model
+        self.loss = loss or CLIPMDCLoss()
+        self.regime = check_regime(regime)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.defect_types = defect_types
+        self.object_names = object_names
+        self.synthesis = synthesis
+        self.synthetic_defect_type = synthetic_defect_type
+        self.seed = seed
+        self.image_threshold = image_threshold
+        self.pixel_threshold = pixel_threshold
+        self.pixel_metrics = pixel_metrics
+        image_metrics = anomaly_metrics(pixel=False)
+        self.val_image_metrics = image_metrics.clone(prefix="val/")
+        self.test_image_metrics = image_metrics.clone(prefix="test/")
+        if pixel_metrics:  # apart from the image metrics: updated only on batches that have masks
+            pixel = anomaly_metrics(mode=metrics_mode, image=False)  # type: ignore[arg-type]
+            self.val_pixel_metrics = pixel.clone(prefix="val/")
+            self.test_pixel_metrics = pixel.clone(prefix="test/")
+        self._type_mapping: torch.Tensor | None = None
+        self._object_mapping: torch.Tensor | None = None
+        self._synthetic_type_id = -1
+        self._generator: torch.Generator | None = None
+        self._configure_vocabulary(None, None)
+
+    # ------------------------------------------------------------------ vocabulary
+    def _configure_vocabulary(self, data_types: list[str] | None, data_objects: list[str] | None) -> None:
+        """Sets the model vocabulary (override > data > model default) and the data->model id mapping."""
+        types = normalize_vocabulary(self.defect_types or data_types or self.model.defect_types)
+        objects = list(self.object_names or data_objects or self.model.object_names)
+        if types != self.model.defect_types or objects != self.model.object_names:
+            self.model.set_vocabulary(types, objects)
+        self._type_mapping = self._object_mapping = None
+        if data_types is not None and list(data_types) != types:
+            index = {name: i for i, name in enumerate(types)}
+            self._type_mapping = torch.tensor([index.get(n, -1) for n in data_types], dtype=torch.long)
+        if data_objects is not None and list(data_objects) != objects:
+            index = {name: i for i, name in enumerate(objects)}
+            self._object_mapping = torch.tensor([index.get(n, -1) for n in data_objects], dtype=torch.long)
+        if self.synthetic_defect_type is None:
+            self._synthetic_type_id = -1
+        elif self.synthetic_defect_type in types:
+            self._synthetic_type_id = types.index(self.synthetic_defect_type)
+        else:
+            raise ValueError(
+                f"synthetic_defect_type {self.synthetic_defect_type!r} is not in the vocabulary {types}"
+            )
+        type_metrics = defect_type_metrics(len(types))  # K follows the vocabulary
+        self.val_type_metrics = type_metrics.clone(prefix="val/type_")
+        self.test_type_metrics = type_metrics.clone(prefix="test/type_")
+
+    def setup(self, stage: str) -> None:
+        """Takes the vocabulary and object names from the DataModule unless overridden."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
+        data_objects = list(getattr(datamodule, "object_names", None) or []) or None
+        self._configure_vocabulary(data_types, data_objects)
+        self.val_type_metrics.to(self.device)
+        self.test_type_metrics.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records the vocabulary in the checkpoint (informative; the text embeddings are not saved)."""
+        checkpoint["clipmdc_vocabulary"] = {
+            "defect_types": self.model.defect_types,
+            "object_names": self.model.object_names,
+        }
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, image: torch.Tensor, object_id: torch.Tensor | None = None) -> CLIPMDCOutput:
+        """``(B, 3, H, W)`` images in [0, 1] -> :class:`~clipmdc.output.CLIPMDCOutput`."""
+        return self.model(image, object_id)
+
+    def _object_ids(self, batch: DefectBatch) -> torch.Tensor:
+        """Data object ids mapped by name to the model's object names (``-1``: unknown to the model)."""
+        if self._object_mapping is None:
+            return batch.object_id
+        return self._object_mapping.to(batch.object_id.device)[batch.object_id]
+
+    def _synthesis_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed + 1000003 * self.global_rank)
+        return self._generator
+
+    def training_step(self, batch: DefectBatch, batch_idx: int) -> torch.Tensor:
+        batch = remap_type_ids(batch, self._type_mapping)
+        batch = prepare_training_batch(
+            batch,
+            self.regime,
+            self.synthesis,
+            self._synthetic_type_id,
+            self._synthesis_generator() if self.synthesis is not None else None,
+        )
+        output = self.model(batch.image, self._object_ids(batch))
+        terms = self.loss(output, batch)
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch), prog_bar=False
+        )
+        self.log("train/loss", terms["total"].detach(), batch_size=len(batch), prog_bar=True)
+        return terms["total"]
+
+    def _eval_step(self, batch: DefectBatch, stage: str) -> CLIPMDCOutput:
+        batch = remap_type_ids(batch, self._type_mapping)
+        output = self.model(batch.image, self._object_ids(batch))
+        terms = self.loss(output, batch)
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
+        known = batch.label >= 0  # (B,)
+        image_metrics = self.val_image_metrics if stage == "val" else self.test_image_metrics
+        image_metrics.update(scores=output.image_prob[known].float(), labels=batch.label[known])
+        self.log_dict(image_metrics, batch_size=len(batch))
+        pixels = batch.has_mask.bool()  # (B,)
+        if self.pixel_metrics and pixels.any():
+            pixel_metrics = self.val_pixel_metrics if stage == "val" else self.test_pixel_metrics
+            pixel_metrics.update(anomaly_maps=output.anomaly_prob[pixels].float(), masks=batch.mask[pixels])
+            self.log_dict(pixel_metrics, batch_size=int(pixels.sum()))
+        typed = batch.defect_type_id >= 0  # (B,)
+        if typed.any():
+            type_metrics = self.val_type_metrics if stage == "val" else self.test_type_metrics
+            type_metrics.update(output.type_logits[typed].float(), batch.defect_type_id[typed])
+            self.log_dict(type_metrics, batch_size=int(typed.sum()))
+        return output
+
+    def validation_step(self, batch: DefectBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: DefectBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
+        """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`)."""
+        object_ids = self._object_ids(batch)
+        output = self.model(batch.image, object_ids)
+        prompts = self.model.closest_prompts(output.embedding, object_ids)
+        return explain_batch(
+            output,
+            batch.image,
+            batch.object_name,
+            batch.path,
+            image_threshold=self.image_threshold,
+            pixel_threshold=self.pixel_threshold,
+            closest_prompts=prompts,
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """The optimizer over the trainable parameters only (frozen encoders excluded), plus the scheduler."""
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer)}}

@@ -1,0 +1,8 @@
+import pytest
+
+from tests.encoders.tiny_clip import register_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_name() -> str:
+    return register_tiny_clip()
