@@ -42,7 +42,7 @@ class Adapter(nn.Module):
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_dim, h, w)`` -> ``(B, out_dim, h, w)``."""
-        return self(x.movedim(1, -1)).movedim(-1, 1)
+        return self(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # explicit perms: ONNX rejects negative ones
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -144,5 +144,5 @@ def topk_mean(logit_map: torch.Tensor, topk: float) -> torch.Tensor:
         ``(B,)``.
     """
     flat = logit_map.flatten(1)  # (B, h*w)
-    k = int(topk) if topk >= 1 else max(1, round(topk * flat.shape[1]))
+    k = int(topk) if topk >= 1 else max(1, round(topk * int(flat.shape[1])))  # int(): a constant when traced
     return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)

@@ -38,8 +38,22 @@ def _demo_data(argv: Sequence[str]) -> None:
     demo_main(argv)
 
 
+def _lazy(module: str, function: str) -> Callable[[Sequence[str]], None]:
+    """A command implemented in a model package, imported only when it runs (``common`` never imports it
+    at module level, so the data layer stays independent of the model families)."""
+
+    def run(argv: Sequence[str]) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), function)(argv)
+
+    return run
+
+
 EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "demo-data": (_demo_data, "write the generated demo dataset (MVTec layout)"),
+    "export": (_lazy("clipmdc.export", "export_main"), "export a trained CLIP-MDC checkpoint to ONNX/TorchScript"),
+    "onnx-predict": (_lazy("clipmdc.export", "onnx_predict_main"), "predict image files/folders with an ONNX file"),
 }
 
 
