@@ -3,6 +3,7 @@
 from common.data.datamodule import DefectDataModule
 from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
+from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from common.data.readers import (
     ClassIdSegReader,
     FolderReader,
@@ -13,6 +14,7 @@ from common.data.readers import (
     Reader,
     VisAReader,
 )
+from common.data.shards import EpochDataLoader, ShardDataset, ShardWriter
 from common.data.types import NORMAL, DefectBatch, Sample, SampleRecord
 
 __all__ = [
@@ -22,7 +24,10 @@ __all__ = [
     "DefectBatch",
     "DefectDataModule",
     "DefectDataset",
+    "EpochDataLoader",
     "FolderReader",
+    "ImageTextBatch",
+    "ImageTextDataModule",
     "KSDD2Reader",
     "MVTecReader",
     "MagneticTileReader",
@@ -30,6 +35,8 @@ __all__ = [
     "Reader",
     "Sample",
     "SampleRecord",
+    "ShardDataset",
+    "ShardWriter",
     "VisAReader",
     "collate_samples",
 ]

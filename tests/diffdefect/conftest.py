@@ -1,0 +1,62 @@
+"""Shared stage-1 fixtures: small generated demo data, its caption manifest, latent shards, a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.data.demo import generate_demo_dataset
+from common.encoders import TimmImage, TinyText
+from common.encoders.vae import FrozenVAE
+from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Model
+from diffdefect.captions import build_manifest
+from diffdefect.conditioning import ConditioningMixer
+from diffdefect.schedule import NoiseSchedule
+from tests.conftest import REPO
+
+TINY_CONFIGS = [
+    str(REPO / "configs" / "stage1_diffusion.yaml"),
+    str(REPO / "configs" / "diffdefect" / "stage1_tiny.yaml"),
+]
+
+
+def tiny_model(prediction_type: str = "epsilon", context: str = "token", cfg_dropout: float = 0.0, **kw) -> Stage1Model:
+    """The tiny preset of configs/diffdefect/stage1_tiny.yaml, built in Python (seeded, so always the same)."""
+    torch.manual_seed(0)
+    return Stage1Model(
+        unet=DiffusionUNet("tiny"),
+        vae=FrozenVAE(preset="tiny"),
+        text_encoder=TinyText(32),
+        image_encoder=TimmImage("test_vit", image_size=32, layers=[2]),
+        captioner=ImplicitCaptioner(64, 32, 32),
+        schedule=NoiseSchedule(prediction_type=prediction_type),
+        conditioning=ConditioningMixer(cfg_dropout=cfg_dropout, context=context),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated demo data (MVTec layout): 2 objects x (4 train good + 2 test good + 3 types x 2), 32 px."""
+    out = tmp_path_factory.mktemp("stage1") / "demo"
+    return generate_demo_dataset(out, seed=0, image_size=32, n_train_good=4, n_test_good=2, n_test_defect=2)
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_root: Path) -> Path:
+    """The image-text manifest of the demo data, built by diffdefect.captions (24 pairs)."""
+    from common.data import MVTecReader
+
+    return build_manifest(MVTecReader(demo_root), demo_root.parent / "pairs.jsonl")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core machine OpenMP
+    threads spinning against another busy process slow small ops down by two orders of magnitude."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
