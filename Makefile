@@ -5,7 +5,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 DEMO_DATA ?= data/demo
-DEMO_RUN  ?= runs/demo
 
 .PHONY: install install-bench demo demo-data test test-slow benchmark lint clean
 
@@ -26,7 +25,7 @@ demo-data: install
 	$(PY) -m common.data.demo --out $(DEMO_DATA)
 
 demo: demo-data
-	$(PY) -m common.demo --data $(DEMO_DATA) --out $(DEMO_RUN)
+	$(PY) -m common.demo --data $(DEMO_DATA)
 
 test: install
 	$(PY) -m pytest

@@ -145,9 +145,9 @@ def generate_demo_dataset(
     objects: Sequence[str] = ("plate", "fabric"),
     defects: Sequence[str] = DEFECTS,
     image_size: int = 128,
-    n_train_good: int = 24,
-    n_test_good: int = 12,
-    n_test_defect: int = 12,
+    n_train_good: int = 40,
+    n_test_good: int = 20,
+    n_test_defect: int = 20,
     overwrite: bool = False,
 ) -> Path:
     """Writes the demo dataset in the MVTec AD layout.
@@ -207,9 +207,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--objects", nargs="+", default=["plate", "fabric"], choices=OBJECTS)
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=DEFECTS)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--n-train-good", type=int, default=24)
-    p.add_argument("--n-test-good", type=int, default=12)
-    p.add_argument("--n-test-defect", type=int, default=12)
+    p.add_argument("--n-train-good", type=int, default=40)
+    p.add_argument("--n-test-good", type=int, default=20)
+    p.add_argument("--n-test-defect", type=int, default=20)
     p.add_argument("--overwrite", action="store_true", help="rewrite an existing demo folder")
     a = p.parse_args(argv)
     root = generate_demo_dataset(a.out, a.seed, a.objects, a.defects, a.image_size, a.n_train_good, a.n_test_good,
