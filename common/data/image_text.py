@@ -22,7 +22,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from common.data.errors import DataError
 from common.data.io import read_image
 from common.data.readers.manifest import ManifestReader
-from common.data.types import SampleRecord
+from common.data.types import SampleRecord, move_tensor_fields
 
 log = logging.getLogger(__name__)
 MODES = ("pixels", "latents")
@@ -86,11 +86,7 @@ class ImageTextBatch:
 
     def to(self, device: torch.device | str, **kwargs: Any) -> ImageTextBatch:
         """Moves every tensor field to ``device``."""
-        values = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            values[f.name] = v.to(device, **kwargs) if isinstance(v, torch.Tensor) else v
-        return ImageTextBatch(**values)
+        return move_tensor_fields(self, device, **kwargs)
 
 
 # ----------------------------------------------------------------------------- decoding and collation

@@ -114,8 +114,13 @@ class DefectBatch:
 
     def to(self, device: torch.device | str, **kwargs: Any) -> DefectBatch:
         """Moves every tensor field to ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""
-        values = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            values[f.name] = v.to(device, **kwargs) if isinstance(v, torch.Tensor) else v
-        return DefectBatch(**values)
+        return move_tensor_fields(self, device, **kwargs)
+
+
+def move_tensor_fields(batch: Any, device: torch.device | str, **kwargs: Any) -> Any:
+    """A copy of the dataclass ``batch`` with every tensor field moved by ``Tensor.to(device, **kwargs)``."""
+    values = {}
+    for f in fields(batch):
+        v = getattr(batch, f.name)
+        values[f.name] = v.to(device, **kwargs) if isinstance(v, torch.Tensor) else v
+    return type(batch)(**values)
