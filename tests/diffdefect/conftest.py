@@ -60,3 +60,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- stage 2
+@pytest.fixture(scope="session")
+def stage1_ckpt(demo_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny stage-1 checkpoint written by `lightning fit` (2 steps: it carries the model config and EMA)."""
+    from common.cli import main as cli_main
+
+    root = tmp_path_factory.mktemp("stage1_for_stage2")
+    assert cli_main(["fit", "--config", TINY_CONFIGS[0], "--config", TINY_CONFIGS[1],
+                     "--data.source", str(demo_manifest), "--trainer.max_steps", "2", "--trainer.logger", "false",
+                     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                     "--trainer.default_root_dir", str(root), "--trainer.num_sanity_val_steps", "0"]) == 0
+    (ckpt,) = sorted(root.rglob("*.ckpt"))
+    return ckpt

@@ -1,0 +1,109 @@
+"""``Stage2Model``: frozen features -> Mask2Former head -> open-vocabulary class logits, one typed output.
+
+Parts (injected, so YAML chooses them): a frozen :class:`~diffdefect.features.FeatureExtractor`
+(:class:`~diffdefect.diffusion_features.DiffusionFeatures` or :class:`~diffdefect.features.EfficientNetFeatures`),
+the trainable :class:`~diffdefect.mask2former.Mask2FormerHead` built here from a preset for the extractor's
+levels (the head's input widths are a property of the extractor, so YAML gives the preset and overrides, not
+the head object), the :class:`~diffdefect.open_vocab.OpenVocabClassifier` (learnable tau and void embedding;
+its text encoder is the extractor's unless given), and an optional :class:`~diffdefect.feature_cache.FeatureCache`.
+
+``forward(image, text_embeddings)`` returns :class:`Stage2Output`, the same in training and evaluation; the loss
+is :class:`~diffdefect.criterion.SetCriterion`. The vocabulary is an argument of ``forward`` (its ``(K, D)`` text
+embeddings), never a parameter: any list of names works at test time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffdefect.feature_cache import FeatureCache
+from diffdefect.features import FeatureExtractor
+from diffdefect.mask2former import Mask2FormerHead, head_config
+from diffdefect.open_vocab import OpenVocabClassifier
+
+
+@dataclass
+class Stage2Output:
+    """What :class:`Stage2Model` returns.
+
+    Attributes:
+        pred_masks: ``(B, Q, h, w)`` mask logits at the head's mask resolution (the extractor's finest stride).
+        class_logits: ``(B, Q, K + 1)`` class logits, no-object last.
+        mask_embeddings: ``(B, Q, D)`` query embeddings in the text space.
+        aux: The same for the earlier decoder layers (deep supervision; ``aux`` of those is empty).
+    """
+
+    pred_masks: torch.Tensor
+    class_logits: torch.Tensor
+    mask_embeddings: torch.Tensor
+    aux: list[Stage2Output] = field(default_factory=list)
+
+
+class Stage2Model(nn.Module):
+    """The stage-2 open-vocabulary mask generator.
+
+    Args:
+        extractor: The frozen feature extractor.
+        head: Head preset name (``"full"``, ``"small"``, ``"tiny"``; :data:`~diffdefect.mask2former.PRESETS`).
+        head_overrides: :class:`~diffdefect.mask2former.Mask2FormerHead` arguments replacing the preset's
+            (e.g. ``{"pixel_decoder": "msdeform"}``, ``{"num_queries": 50}``).
+        classifier: The open-vocabulary classifier; ``None`` builds one on the extractor's text encoder.
+        cache: Feature cache (``None``: the extractor runs on every batch).
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        head: str = "full",
+        head_overrides: dict[str, Any] | None = None,
+        classifier: OpenVocabClassifier | None = None,
+        cache: FeatureCache | None = None,
+    ) -> None:
+        super().__init__()
+        self.extractor = extractor
+        if classifier is None:
+            if extractor.text_encoder is None:
+                raise ValueError("give the classifier a text encoder: the extractor has none")
+            classifier = OpenVocabClassifier(int(extractor.text_encoder.dim))
+        if classifier.text_encoder is None and extractor.text_encoder is not None:
+            classifier.set_text_encoder(extractor.text_encoder)
+        self.classifier = classifier
+        self.head_preset = head
+        cfg = head_config(head, **(head_overrides or {}))
+        self.head = Mask2FormerHead(extractor.channels, extractor.strides, classifier.embed_dim, **cfg)
+        self.cache = cache
+
+    @property
+    def mask_stride(self) -> int:
+        """Pixel stride of ``pred_masks``."""
+        return int(self.extractor.strides[0])
+
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen features ``[(B, C_l, H / s_l, W / s_l)]`` (from the cache when one is set)."""
+        if self.cache is None:
+            return self.extractor(image)
+        return self.cache.get_or_compute(image, self.extractor, self.extractor.cache_key())
+
+    def forward(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> Stage2Output:
+        """Masks and class logits for a vocabulary.
+
+        Args:
+            image: ``(B, 3, H, W)`` in [0, 1] (sides multiples of the extractor's coarsest stride).
+            text_embeddings: ``(K, D)`` class embeddings (:meth:`OpenVocabClassifier.encode_names`).
+
+        Returns:
+            :class:`Stage2Output`.
+        """
+        feats = self.features(image)  # fine -> coarse [(B, C_l, h_l, w_l)], no gradient
+        out = self.head(feats)  # (B, Q, h_0, w_0) masks, (B, Q, D) embeddings (+ aux layers)
+        logits = self.classifier(out.mask_embeddings, text_embeddings)  # (B, Q, K + 1)
+        aux = [Stage2Output(m, self.classifier(e, text_embeddings), e) for m, e in out.aux]
+        return Stage2Output(out.pred_masks, logits, out.mask_embeddings, aux)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The head's and the classifier's parameters (the extractor and text encoder are frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
