@@ -10,9 +10,21 @@ from pathlib import Path
 
 
 def available() -> list[str]:
-    """Benchmark module names: every ``benchmarks/<name>.py`` with a ``main()``, except private ones."""
+    """Benchmark module names: every public ``benchmarks/<name>.py`` with a ``main()``, except helper modules
+    that declare ``IS_BENCHMARK = False`` (e.g. ``peers.py``, whose ``main()`` is a self-check)."""
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    names = []
+    for m in pkgutil.iter_modules([str(here)]):
+        if m.name.startswith("_"):
+            continue
+        try:
+            mod = importlib.import_module(f"benchmarks.{m.name}")
+        except ImportError:  # listed anyway: running it then reports what is missing
+            names.append(m.name)
+            continue
+        if hasattr(mod, "main") and getattr(mod, "IS_BENCHMARK", True):
+            names.append(m.name)
+    return sorted(names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,9 @@ from torch import nn
 
 from common.encoders.efficientnet import MEAN, STD, load_efficientnet_lite0_weights
 
+IS_BENCHMARK = False
+"""A helper module: ``python -m benchmarks`` does not run it (its ``main()`` is a self-check)."""
+
 BACKBONE = "efficientnet_lite0"
 PEER_LAYERS = ("blocks.2", "blocks.4")
 """Feature levels used by both peers (strides 8 and 16 of EfficientNet-Lite0)."""
