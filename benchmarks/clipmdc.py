@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     p.add_argument("--data", type=Path, default=DATA_ROOT, help="Magnetic Tile root")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON files go")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1, see below)")
     p.add_argument("--eval-split", choices=("test", "val"), default="test", help="val: development only")
     a = p.parse_args(argv)
 
@@ -672,6 +672,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = a.results_dir or _common.RESULTS_DIR
     suffix = "_quick" if a.quick else ("" if a.eval_split == "test" else "_val")
     threads_before = torch.get_num_threads()
+    # One thread by default: on a shared 2-core machine, 2 OpenMP threads per op stall whenever another process
+    # holds a core (the quick run took 189 s with 2 threads against 15 s with 1). Pass --threads on a quiet machine.
     threads = a.threads or 1
     torch.set_num_threads(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
