@@ -39,10 +39,14 @@ class Region:
         return asdict(self)
 
 
+def grid_cell(x: float, y: float, width: int, height: int) -> tuple[int, int]:
+    """``(row, col)`` of the 3x3 grid cell a point ``(x, y)`` falls in, each in 0..2."""
+    return min(int(3 * y / max(height, 1)), 2), min(int(3 * x / max(width, 1)), 2)
+
+
 def location_words(x: float, y: float, width: int, height: int) -> str:
     """Names the ninth of the image a point falls in: ``"upper left"`` ... ``"center"`` ... ``"lower right"``."""
-    col = min(int(3 * x / max(width, 1)), 2)
-    row = min(int(3 * y / max(height, 1)), 2)
+    row, col = grid_cell(x, y, width, height)
     vertical = ("upper", "middle", "lower")[row]
     horizontal = ("left", "center", "right")[col]
     if vertical == "middle" and horizontal == "center":

@@ -50,6 +50,7 @@ from common.data.readers import (
     VisAReader,
 )
 from common.data.types import NORMAL, SampleRecord
+from common.regions import grid_cell
 
 READERS: dict[str, type[Reader]] = {
     "mvtec": MVTecReader,
@@ -115,7 +116,7 @@ DEFECT_TERMS: dict[str, str] = {
     "defect": "surface defect",
 }
 
-_LOCATIONS = (("upper left", "top center", "upper right"), ("left", "center", "right"), ("lower left", "bottom center", "lower right"))
+LOCATIONS = (("upper left", "top center", "upper right"), ("left", "center", "right"), ("lower left", "bottom center", "lower right"))
 _SIZES = ((0.005, "tiny", "minor"), (0.02, "small", "moderate"), (0.08, "medium-sized", "moderate"), (0.2, "large", "severe"), (1.01, "extensive", "severe"))
 
 _OPENINGS = (
@@ -169,9 +170,8 @@ def mask_location(mask: np.ndarray) -> str:
     """Grid cell (3x3) of the centroid of a binary ``(H, W)`` mask, e.g. ``"upper left"``."""
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    row = min(2, int(3 * ys.mean() / h))
-    col = min(2, int(3 * xs.mean() / w))
-    return _LOCATIONS[row][col]
+    row, col = grid_cell(float(xs.mean()), float(ys.mean()), w, h)
+    return LOCATIONS[row][col]
 
 
 def size_and_severity(area_fraction: float) -> tuple[str, str]:

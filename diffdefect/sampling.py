@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffdefect.captions import DEFECT_TERMS, SURFACES, readable
+from diffdefect.captions import DEFECT_TERMS, LOCATIONS, SURFACES, readable
 from diffdefect.model import Stage1Model
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
@@ -189,7 +189,7 @@ def save_images(images: torch.Tensor, out: str | Path, names: Sequence[str] | No
     return paths
 
 
-_LOCS = ("upper left", "top center", "upper right", "left", "center", "right", "lower left", "bottom center", "lower right")
+_LOCS = tuple(word for row in LOCATIONS for word in row)  # the captions' words, so prompts match training text
 _SIZES = ("small", "medium-sized", "large")
 
 
