@@ -83,6 +83,7 @@ FULL: dict[str, Any] = {
     "weight_decay": 1e-4,
     "per_class": None,
     "coreset_ratio": 0.01,
+    "memory_regimes": REGIMES,
     "latency_size": 256,
     "latency_batches": (1, 32),
     "latency_rounds": 5,
@@ -222,10 +223,13 @@ def _epoch_logger(tag: str) -> Any:
     return EpochLog()
 
 
-def _clipmdc_model(cfg: dict[str, Any]) -> Any:
+def _clipmdc_model(cfg: dict[str, Any], regime: str = "supervised") -> Any:
+    """``offline_real``, with a normal-reference memory (same coreset ratio as PatchCore) in ``memory_regimes``."""
+    from clipmdc.memory import NormalMemory
     from clipmdc.presets import offline_real
 
-    return offline_real()
+    memory = NormalMemory(coreset_ratio=cfg["coreset_ratio"]) if regime in cfg["memory_regimes"] else None
+    return offline_real(memory=memory)
 
 
 def run_clipmdc(
@@ -245,7 +249,7 @@ def run_clipmdc(
     dm = _datamodule(reader, cfg, regime)
     synthesis = PerlinAnomalyGenerator(seed=0) if regime in ("weakly_supervised", "normal_only") else None
     module = CLIPMDCModule(
-        _clipmdc_model(cfg),
+        _clipmdc_model(cfg, regime),
         regime=regime,
         optimizer=functools.partial(torch.optim.AdamW, lr=cfg["lr"], weight_decay=cfg["weight_decay"]),
         scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=cfg["epochs"]),
@@ -660,6 +664,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON files go")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1, see below)")
     p.add_argument("--eval-split", choices=("test", "val"), default="test", help="val: development only")
+    p.add_argument(
+        "--memory-regimes",
+        nargs="*",
+        default=list(REGIMES),
+        choices=REGIMES,
+        help="regimes whose CLIP-MDC gets the normal-reference memory (none: pass the flag alone)",
+    )
     a = p.parse_args(argv)
 
     cfg = dict(QUICK if a.quick else FULL)
@@ -667,6 +678,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg["epochs"] = a.epochs
     if a.image_size is not None:
         cfg["image_size"] = a.image_size
+    cfg["memory_regimes"] = tuple(a.memory_regimes)
     if not a.data.is_dir():
         raise SystemExit(f"Magnetic Tile not found at {a.data} (expected MT_*/Imgs/*.jpg); pass --data")
     results_dir = a.results_dir or _common.RESULTS_DIR

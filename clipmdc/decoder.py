@@ -65,6 +65,8 @@ class FusionDecoder(nn.Module):
         evidence_channels: Similarity-evidence channels per token layer.
         backbone_channels: Channels of each backbone level (empty: no backbone).
         width: Decoder width ``F``.
+        extra_evidence: Channels of further evidence maps appended after the per-layer ones (e.g. the
+            normal-memory distance).
     """
 
     def __init__(
@@ -74,11 +76,12 @@ class FusionDecoder(nn.Module):
         evidence_channels: int,
         backbone_channels: Sequence[int],
         width: int = 64,
+        extra_evidence: int = 0,
     ) -> None:
         super().__init__()
         self.token_proj = nn.ModuleList(nn.Conv2d(embed_dim, width, 1) for _ in range(num_layers))
         self.backbone_proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in backbone_channels)
-        cin = width * (1 + (1 if backbone_channels else 0)) + evidence_channels * num_layers
+        cin = width * (1 + (1 if backbone_channels else 0)) + evidence_channels * num_layers + extra_evidence
         self.fuse = nn.Sequential(_conv_block(cin, width), _conv_block(width, width))
 
     def forward(
@@ -92,7 +95,7 @@ class FusionDecoder(nn.Module):
 
         Args:
             tokens: ``L`` adapted token maps ``(B, D, h_l, w_l)``.
-            evidence: ``L`` similarity-evidence maps ``(B, E, h_l, w_l)``.
+            evidence: ``L`` similarity-evidence maps ``(B, E, h_l, w_l)``, then the extra evidence maps.
             backbone: Backbone maps ``(B, C_j, H_j, W_j)`` (may be empty).
             size: Output ``(h, w)``.
 
@@ -146,3 +149,28 @@ def topk_mean(logit_map: torch.Tensor, topk: float) -> torch.Tensor:
     flat = logit_map.flatten(1)  # (B, h*w)
     k = int(topk) if topk >= 1 else max(1, round(topk * int(flat.shape[1])))  # int(): a constant when traced
     return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` maps, reflect-padded (the peers' anomaly-map smoothing).
+
+    Written here because torchvision's ``gaussian_blur`` convolves with the full 2-D kernel (33x33 taps at
+    sigma 4), about 16x the work of two 1-D passes at the output resolution.
+
+    Args:
+        x: Maps to smooth.
+        sigma: Standard deviation in pixels; ``<= 0`` returns ``x``. The kernel spans +-4 sigma, cut to the map.
+    """
+    if sigma <= 0:
+        return x
+    H, W = int(x.shape[-2]), int(x.shape[-1])
+    radius = min(int(4.0 * sigma + 0.5), (min(H, W) - 1) // 2)  # reflect padding needs radius < side
+    if radius < 1:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2.0 * sigma**2))
+    k = k / k.sum()  # (2r+1,)
+    C = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")  # (B, C, H+2r, W+2r)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)  # (B, C, H+2r, W)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)  # (B, C, H, W)

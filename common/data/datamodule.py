@@ -171,9 +171,9 @@ class DefectDataModule(L.LightningDataModule):
             return self._dataset(recs, train=False)
         return self._dataset(self.split_records()[stage], train=stage == "train")
 
-    def _loader(self, stage: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, stage: str, shuffle: bool, batch_size: int, dataset: DefectDataset | None = None) -> DataLoader:
         return DataLoader(
-            self.dataset(stage),
+            dataset if dataset is not None else self.dataset(stage),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -185,6 +185,11 @@ class DefectDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)
+
+    def reference_dataloader(self) -> DataLoader:
+        """The training images without augmentation, in a fixed order, at the evaluation batch size: what a
+        reference memory is built from (e.g. CLIP-MDC's normal memory). Not sharded across DDP ranks."""
+        return self._loader("train", False, self.eval_batch_size, self._dataset(self.split_records()["train"], False))
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.split_records()["val"]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clipmdc.export import ExportWrapper, OnnxPredictor, export_onnx, export_torchscript, onnx_predict
+from clipmdc.memory import NormalMemory, image_ids
 from clipmdc.presets import tiny
 from tests.conftest import blob_pair, write_image
 
@@ -26,8 +27,7 @@ def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     return model, path
 
 
-def test_onnxruntime_parity(exported) -> None:
-    model, path = exported
+def _assert_parity(model: torch.nn.Module, path: Path) -> None:
     predictor = OnnxPredictor(path)
     x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     got = predictor(x.numpy())
@@ -37,6 +37,19 @@ def test_onnxruntime_parity(exported) -> None:
         assert got[name].shape == tuple(r.shape)
         assert np.abs(got[name] - r.numpy()).max() <= 1e-4, name
     assert got["type_probs"].shape == (3, 3) and np.allclose(got["type_probs"].sum(1), 1, atol=1e-5)
+
+
+def test_onnxruntime_parity(exported) -> None:
+    _assert_parity(*exported)
+
+
+def test_onnxruntime_parity_with_normal_memory(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny(defect_types=["good", "scratch", "hole"], memory=NormalMemory(coreset_ratio=0.5)).eval()
+    normal = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.memory.build([(model.image_encoder(normal).tokens, image_ids([f"{i}.png" for i in range(4)]))])
+    _assert_parity(model, export_onnx(model, tmp_path / "m.onnx", SIZE))  # the bank travels in the graph
 
 
 def test_metadata_and_batch_axis(exported) -> None:

@@ -156,3 +156,29 @@ def test_vocabulary_embedded_in_inference_mode_then_trained() -> None:
     assert not model.class_text.is_inference()
     batch = make_batch(2, 32)
     CLIPMDCLoss()(model(batch.image, object_id=torch.tensor([0, 1])), batch)["total"].backward()
+
+
+def test_gaussian_smooth_matches_scipy() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from clipmdc.decoder import gaussian_smooth
+
+    x = torch.rand(2, 1, 48, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = gaussian_smooth(x, 3.0)
+    ref = gaussian_filter(x.numpy(), sigma=(0, 0, 3.0, 3.0), mode="mirror", truncate=4.0)  # torch "reflect"
+    assert got.shape == x.shape and abs(got.numpy() - ref).max() < 1e-10
+    assert torch.equal(gaussian_smooth(x, 0.0), x)
+    assert gaussian_smooth(torch.rand(1, 1, 5, 5), 4.0).shape == (1, 1, 5, 5)  # kernel cut to the map
+
+
+def test_smoothing_changes_only_the_anomaly_map() -> None:
+    torch.manual_seed(0)  # same seed for both: the frozen encoders are not in the state dict
+    plain = tiny(defect_types=VOCAB).eval()
+    torch.manual_seed(0)
+    smooth = tiny(defect_types=VOCAB, smooth_sigma=2.0).eval()
+    x = make_batch(2, 64).image
+    with torch.no_grad():
+        a, b = plain(x), smooth(x)
+    assert torch.equal(a.image_score, b.image_score) and torch.equal(a.type_logits, b.type_logits)
+    assert not torch.allclose(a.anomaly_map, b.anomaly_map)
+    assert b.anomaly_map.std() < a.anomaly_map.std()

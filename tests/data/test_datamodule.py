@@ -97,6 +97,17 @@ def test_batches_are_typed_and_aligned(mvtec_root: Path) -> None:
     assert seen == len(dm.split_records()["train"])
 
 
+def test_reference_loader_is_the_unaugmented_training_set_in_order(mvtec_root: Path) -> None:
+    dm = DefectDataModule(MVTecReader(mvtec_root), image_size=24, batch_size=5, split="random",
+                          augment="strong", num_workers=0)
+    dm.setup("fit")
+    first, second = list(dm.reference_dataloader()), list(dm.reference_dataloader())
+    assert [p for b in first for p in b.path] == _paths(dm.split_records()["train"])  # all, in split order
+    assert all(torch.equal(a.image, b.image) for a, b in zip(first, second, strict=True))  # no random augmentation
+    plain = dm._dataset(dm.split_records()["train"], train=False)
+    assert torch.equal(first[0].image[0], plain[0]["image"])
+
+
 def test_vocabulary_and_open_vocabulary_override(mvtec_root: Path, classid_root: Path) -> None:
     dm = DefectDataModule(MVTecReader(mvtec_root), num_workers=0)
     assert dm.vocabulary == [NORMAL, "hole", "scratch"] and dm.num_classes == 3

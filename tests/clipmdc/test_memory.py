@@ -1,0 +1,132 @@
+"""Normal-reference memory: coreset, distances, leave-one-image-out, checkpoints, wiring into CLIP-MDC."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from clipmdc.memory import NormalMemory, greedy_coreset, image_ids
+from clipmdc.module import CLIPMDCModule
+from clipmdc.presets import tiny
+from tests.clipmdc.helpers import make_batch
+from tests.clipmdc.test_module import BatchData, _trainer
+
+
+def _tokens(g: torch.Generator, batch: int = 3, channels: int = 4, size: int = 5) -> list[torch.Tensor]:
+    return [torch.randn(batch, channels, size, size, generator=g)]
+
+
+def test_greedy_coreset_covers_every_cluster() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centers])  # 4 tight clusters
+    keep = greedy_coreset(points, 4, projection_dim=None)
+    assert sorted((keep // 50).tolist()) == [0, 1, 2, 3]  # one point from each cluster
+    assert len(set(keep.tolist())) == 4
+    assert torch.equal(greedy_coreset(points, 500), torch.arange(200))  # size >= N keeps everything
+
+
+def test_distances_match_brute_force_and_leave_one_out() -> None:
+    g = torch.Generator().manual_seed(0)
+    memory = NormalMemory(levels=(0,), coreset_ratio=1.0, pool=1)
+    train = _tokens(g)
+    ids = image_ids(["a.png", "b.png", "c.png"])
+    info = memory.build([(train, ids)])
+    assert info == {**info, "images": 3, "patches": 75, "bank": 75}
+    feats = train[0].flatten(2).transpose(1, 2)  # (3, 25, 4)
+    bank = feats.reshape(-1, 4)
+
+    # Test time: a bank image is at distance 0 from itself; a new one matches torch.cdist.
+    assert memory(train).abs().max() < 1e-2  # sqrt of the expanded form's rounding
+    query = _tokens(g, batch=2)
+    brute = torch.cdist(query[0].flatten(2).transpose(1, 2), bank).min(-1).values  # (2, 25)
+    torch.testing.assert_close(memory(query).flatten(1) * memory.scale, brute, atol=1e-4, rtol=1e-4)
+
+    # Training: each image's own entries are ignored, so the distance is to the other two images only.
+    loo = memory(train, exclude=ids).flatten(1) * memory.scale  # (3, 25)
+    for i in range(3):
+        others = torch.cat([feats[j] for j in range(3) if j != i])
+        torch.testing.assert_close(loo[i], torch.cdist(feats[i], others).min(-1).values, atol=1e-4, rtol=1e-4)
+    # The scale is the mean leave-one-out distance: normal patches score about 1.
+    assert abs(float(loo.mean() / memory.scale) - 1.0) < 1e-4
+
+
+def test_features_pool_and_align_levels() -> None:
+    memory = NormalMemory(levels=(0, 1), pool=3)
+    tokens = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
+    assert memory.features(tokens).shape == (2, 10, 8, 8)
+    assert not memory.ready and memory(tokens).abs().sum() == 0  # empty bank: no evidence yet
+
+
+def test_empty_and_mismatched_inputs_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="normal training images"):
+        NormalMemory().build([])
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        NormalMemory(coreset_ratio=0.0)
+    memory = NormalMemory(levels=(0,), coreset_ratio=1.0)
+    memory.build([(_tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"]))])
+    with pytest.raises(ValueError, match="4-d entries"):
+        memory([torch.randn(1, 7, 5, 5)])
+
+
+def test_state_dict_round_trip_resizes_the_bank() -> None:
+    built = NormalMemory(levels=(0,), coreset_ratio=0.5)
+    built.build([(_tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"]))])
+    fresh = NormalMemory(levels=(0,))
+    fresh.load_state_dict(built.state_dict(), strict=True)
+    assert fresh.ready and all(torch.equal(fresh.state_dict()[k], v) for k, v in built.state_dict().items())
+
+
+def test_fit_builds_the_bank_from_normal_images_and_checkpoints_it(tmp_path) -> None:
+    module = CLIPMDCModule(
+        tiny(memory=NormalMemory(coreset_ratio=1.0)), optimizer=partial(torch.optim.AdamW, lr=1e-3)
+    )
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=BatchData())
+    memory = module.model.memory
+    # BatchData: 2 batches x 2 normal images (labels alternate), 32 px -> 2x2 ViT patches each.
+    normal_paths = [f"img_{i}.png" for i in (0, 2)]
+    assert memory.ready and memory.bank.shape[0] == 2 * 2 * 4
+    assert set(memory.owner.tolist()) == set(image_ids(normal_paths).tolist())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    restored = CLIPMDCModule.load_from_checkpoint(path, model=tiny(memory=NormalMemory()), strict=True)
+    assert torch.equal(restored.model.memory.bank, memory.bank)
+    # A loaded bank is kept when training goes on (no rebuild from the new data).
+    bank = restored.model.memory.bank.clone()
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(restored, datamodule=BatchData())
+    assert torch.equal(restored.model.memory.bank, bank)
+
+
+def test_memory_evidence_reaches_the_anomaly_map() -> None:
+    model = tiny(memory=NormalMemory(coreset_ratio=1.0)).eval()
+    batch = make_batch(4, 32)
+    with torch.no_grad():
+        before = model(batch.image).anomaly_map
+        tokens = model.image_encoder(batch.image).tokens
+        model.memory.build([(tokens, image_ids(batch.path))])
+        after = model(batch.image).anomaly_map
+        loo = model(batch.image, image_ids=image_ids(batch.path)).anomaly_map
+    assert not torch.allclose(before, after)  # the distance is an input of the anomaly logit
+    assert (loo > after).all()  # own patches excluded: larger distances, larger anomaly logits
+
+
+def test_bank_comes_from_the_reference_loader_when_the_datamodule_has_one(tmp_path) -> None:
+    reference = make_batch(4, 32, seed=7)
+
+    class WithReference(BatchData):
+        def reference_dataloader(self) -> DataLoader:
+            return DataLoader([reference], batch_size=None)
+
+    module = CLIPMDCModule(tiny(memory=NormalMemory(coreset_ratio=1.0)))
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=WithReference())
+    memory = module.model.memory
+    with torch.no_grad():
+        normal = reference.image[reference.label == 0]
+        expected = memory.features(module.model.image_encoder(normal).tokens)  # (2, C, h, w)
+    expected = expected.flatten(2).transpose(1, 2).reshape(-1, expected.shape[1])
+    assert memory.bank.shape == expected.shape
+    assert torch.cdist(expected, memory.bank).min(1).values.max() < 1e-4  # same patches, coreset order
