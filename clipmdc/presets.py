@@ -46,6 +46,7 @@ def tiny(
     backbone: bool = True,
     seed: int = 0,
     memory: NormalMemory | None = None,
+    memory_weight: float = 8.0,
     smooth_sigma: float = 0.0,
 ) -> CLIPMDC:
     """Random-init preset for tests and smoke runs: timm ``test_vit`` image encoder (3 token layers),
@@ -67,6 +68,7 @@ def tiny(
         decoder_stride=4,
         topk=topk,
         memory=memory,
+        memory_weight=memory_weight,
         smooth_sigma=smooth_sigma,
     )
 
@@ -83,6 +85,7 @@ def vit_b16(
     decoder_width: int = 64,
     topk: float = 0.01,
     memory: NormalMemory | None = None,
+    memory_weight: float = 8.0,
     smooth_sigma: float = 4.0,
 ) -> CLIPMDC:
     """Paper-like preset: frozen open_clip ViT-B-16 (one load shared by both towers; patch tokens of blocks
@@ -110,6 +113,7 @@ def vit_b16(
         decoder_stride=4,
         topk=topk,
         memory=memory,
+        memory_weight=memory_weight,
         smooth_sigma=smooth_sigma,
     )
 
@@ -125,6 +129,7 @@ def offline_real(
     decoder_width: int = 64,
     topk: float = 0.01,
     memory: NormalMemory | None = None,
+    memory_weight: float = 8.0,
     smooth_sigma: float = 4.0,
 ) -> CLIPMDC:
     """Real pretrained weights with no network: frozen EfficientNet-Lite0 (ImageNet weights of the
@@ -151,6 +156,7 @@ def offline_real(
         decoder_stride=4,
         topk=topk,
         memory=memory,
+        memory_weight=memory_weight,
         smooth_sigma=smooth_sigma,
     )
 
