@@ -76,7 +76,9 @@ def _min_distance(query: torch.Tensor, bank: torch.Tensor, exclude: torch.Tensor
         + bank.pow(2).sum(-1)  # (M,)
     )
     if exclude is not None:
-        d2 = d2.masked_fill((owner[None, :] == exclude[:, None]).unsqueeze(1), float("inf"))  # (B, N, M)
+        own = (owner[None, :] == exclude[:, None]).unsqueeze(1)  # (B, 1, M)
+        # A sample owning the whole bank (tiny data) keeps its own entries rather than getting an infinite distance.
+        d2 = torch.where(own.all(-1, keepdim=True), d2, d2.masked_fill(own, float("inf")))  # (B, N, M)
     return d2.min(-1).values.clamp_min(0.0).sqrt()
 
 

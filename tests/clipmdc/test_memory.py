@@ -54,6 +54,14 @@ def test_distances_match_brute_force_and_leave_one_out() -> None:
     assert abs(float(loo.mean() / memory.scale) - 1.0) < 1e-4
 
 
+def test_an_image_owning_the_whole_bank_gets_finite_distances() -> None:
+    memory = NormalMemory(levels=(0,), coreset_ratio=0.01)  # 75 patches -> a bank of 1 entry
+    tokens, ids = _tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"])
+    memory.build([(tokens, ids)])
+    assert memory.bank.shape[0] == 1 and torch.isfinite(memory.scale)
+    assert torch.isfinite(memory(tokens, exclude=ids)).all()
+
+
 def test_features_pool_and_align_levels() -> None:
     memory = NormalMemory(levels=(0, 1), pool=3)
     tokens = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
@@ -104,13 +112,14 @@ def test_fit_builds_the_bank_from_normal_images_and_checkpoints_it(tmp_path) -> 
 def test_memory_evidence_reaches_the_anomaly_map() -> None:
     model = tiny(memory=NormalMemory(coreset_ratio=1.0)).eval()
     batch = make_batch(4, 32)
+    unseen = make_batch(4, 32, seed=1).image
     with torch.no_grad():
-        before = model(batch.image).anomaly_map
+        before = model(unseen).anomaly_map
         tokens = model.image_encoder(batch.image).tokens
         model.memory.build([(tokens, image_ids(batch.path))])
+        assert not torch.allclose(before, model(unseen).anomaly_map)  # the distance enters the anomaly logit
         after = model(batch.image).anomaly_map
         loo = model(batch.image, image_ids=image_ids(batch.path)).anomaly_map
-    assert not torch.allclose(before, after)  # the distance is an input of the anomaly logit
     assert (loo > after).all()  # own patches excluded: larger distances, larger anomaly logits
 
 
