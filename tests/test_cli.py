@@ -68,3 +68,14 @@ def test_fit_test_predict_smoke(tmp_path: Path, mvtec_root: Path) -> None:
                  "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]) == 0
     # stacking the debug preset: one batch of fit, no checkpoint
     assert main(["fit", "--config", str(cfg), "--config", str(REPO / "configs/trainer/debug.yaml")]) == 0
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
+def test_last_checkpoint_is_written_every_epoch(path: Path) -> None:
+    """``save_last`` on a monitored ModelCheckpoint refreshes last.ckpt only when the metric improves (Lightning
+    2.x), so a resumed run would restart from the best epoch, not the last: configs keep it on an unmonitored one."""
+    callbacks = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("callbacks") or []
+    for cb in callbacks:
+        args = cb.get("init_args") or {}
+        if cb.get("class_path", "").endswith("ModelCheckpoint") and args.get("save_last"):
+            assert args.get("monitor") is None, f"{path}: save_last on a ModelCheckpoint monitoring {args['monitor']}"
