@@ -62,10 +62,10 @@ DATASETS: dict[str, dict[str, Any]] = {
                       "split": "random"},
     "neu_seg": {"folder": "neu_seg", "base": ["inclusions", "patches"], "novel": ["scratches"], "split": "auto"},
 }
-FULL = {"image_size": 96, "vae_steps": 400, "vae_kl_weight": 1e-4, "stage1_steps": 250, "stage1_batch": 16, "epochs": 15, "shots": 60, "good": 60,
-        "test_per_class": None, "batch": 16}
-QUICK = {"image_size": 32, "vae_steps": 2, "vae_kl_weight": 1e-4, "stage1_steps": 2, "stage1_batch": 4, "epochs": 1, "shots": 3, "good": 3,
-         "test_per_class": 2, "batch": 4}
+FULL = {"image_size": 96, "vae_steps": 400, "vae_kl_weight": 1e-4, "stage1_steps": 250, "stage1_batch": 16,
+        "epochs": 15, "shots": 60, "good": 60, "test_per_class": None, "batch": 16}
+QUICK = {"image_size": 32, "vae_steps": 2, "vae_kl_weight": 1e-4, "stage1_steps": 2, "stage1_batch": 4,
+         "epochs": 1, "shots": 3, "good": 3, "test_per_class": 2, "batch": 4}
 SMALL_UNET = {"block_out_channels": (32, 64, 128, 128),
               "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
               "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
