@@ -63,7 +63,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "neu_seg": {"folder": "neu_seg", "base": ["inclusions", "patches"], "novel": ["scratches"], "split": "auto"},
 }
 FULL = {"image_size": 96, "vae_steps": 400, "vae_kl_weight": 1e-4, "stage1_steps": 250, "stage1_batch": 16,
-        "epochs": 15, "shots": 60, "good": 60, "test_per_class": None, "batch": 16}
+        "epochs": 30, "shots": 60, "good": 60, "test_per_class": None, "batch": 16}
 QUICK = {"image_size": 32, "vae_steps": 2, "vae_kl_weight": 1e-4, "stage1_steps": 2, "stage1_batch": 4,
          "epochs": 1, "shots": 3, "good": 3, "test_per_class": 2, "batch": 4}
 SMALL_UNET = {"block_out_channels": (32, 64, 128, 128),
