@@ -195,3 +195,27 @@ def test_a_batch_of_only_novel_classes_gives_a_zero_loss_on_every_parameter(mode
     loss.backward()
     assert all(p.grad is not None for p in model.trainable_parameters())
     model.zero_grad()
+
+
+def test_caption_only_supervision_takes_its_pseudo_labels_from_the_given_captions(model: Stage2Model) -> None:
+    from common.data.types import DefectBatch
+    from diffdefect import Stage2OpenVocab
+
+    module = Stage2OpenVocab(model, supervision="captions")
+    module._configure(["good", "defect"])  # the data set's own label says nothing: the words come from captions
+    cm = torch.zeros(3, SIZE, SIZE, dtype=torch.long)
+    cm[:2, 3:9, 3:9] = 1
+    captions = ["A long scratch runs across the plate.", "A round hole near the edge. There are no stains.", None]
+    batch = DefectBatch(image=torch.rand(3, 3, SIZE, SIZE), mask=(cm > 0).float()[:, None],
+                        has_mask=torch.ones(3, dtype=torch.bool), label=torch.tensor([1, 1, 0]),
+                        defect_type_id=torch.tensor([1, 1, 0]), class_mask=cm, object_id=torch.zeros(3, dtype=torch.long),
+                        defect_type=["defect", "defect", "good"], object_name=["plate"] * 3, caption=captions,
+                        path=["a.png", "b.png", "c.png"])
+    nouns, grounding = module._grounding(batch, torch.ones(3, dtype=torch.bool))
+    assert nouns[:2] == [["scratch"], ["hole"]]  # "no stains" is negated; the third image gets a templated caption
+    assert nouns[2] == []  # defect-free: its templated caption names nothing
+    assert grounding is not None and grounding.owner.tolist() == [0, 1]
+    assert grounding.positive.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    model.zero_grad()
