@@ -1,7 +1,8 @@
 """What a ``predict_step`` returns for one image, and the callback writing it to disk.
 
 Models return a list of :class:`ImagePrediction` per batch; :class:`PredictionWriter` writes per image an
-overlay PNG, the anomaly map (16-bit PNG) and one JSON line, and at the end a contact sheet and a CSV summary.
+overlay PNG, the anomaly map (16-bit PNG), the class-id mask of semantic predictions (PNG) and one JSON line,
+and at the end a contact sheet and a CSV summary.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class ImagePrediction:
         label: Short text drawn on the overlay, e.g. ``"scratch 0.97"``.
         record: The JSON line: object, defect type, probability, regions, explanation...
         threshold: Level at which the overlay contour is drawn.
+        label_map: ``(H, W)`` integer class ids of a semantic prediction (indices into ``record["vocabulary"]``,
+            0 = background), or ``None`` for models that give only an anomaly map.
     """
 
     path: str
@@ -41,6 +44,7 @@ class ImagePrediction:
     label: str
     record: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
+    label_map: np.ndarray | None = None
 
 
 def _safe_stem(path: str, index: int) -> str:
@@ -52,7 +56,9 @@ class PredictionWriter(BasePredictionWriter):
     """Writes :class:`ImagePrediction` s: overlays, maps, JSON lines, a contact sheet and a CSV summary.
 
     Output layout (``output_dir``): ``overlays/<n>_<name>.png``, ``maps/<n>_<name>.png`` (anomaly probability
-    x 65535 as 16-bit grey), ``predictions.jsonl``, ``contact_sheet.png``, ``summary.csv``.
+    x 65535 as 16-bit grey), ``masks/<n>_<name>.png`` for semantic predictions (class ids as grey values, 8-bit,
+    16-bit past 255 classes: the layout of class-id annotations such as NEU-Seg's), ``predictions.jsonl`` (one
+    JSON object per image, naming its files), ``contact_sheet.png``, ``summary.csv``.
 
     Args:
         output_dir: Folder to write into (created).
@@ -97,6 +103,12 @@ class PredictionWriter(BasePredictionWriter):
             amap = np.clip(np.asarray(pred.anomaly_map, dtype=np.float64), 0, 1)
             Image.fromarray((amap * 65535).round().astype(np.uint16)).save(self.output_dir / "maps" / f"{stem}.png")
             rec = {"path": pred.path, **pred.record, "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.png"}
+            if pred.label_map is not None:
+                ids = np.asarray(pred.label_map)
+                (self.output_dir / "masks").mkdir(exist_ok=True)
+                Image.fromarray(ids.astype(np.uint8 if ids.max(initial=0) < 256 else np.uint16)).save(
+                    self.output_dir / "masks" / f"{stem}.png")
+                rec["mask"] = f"masks/{stem}.png"
             lines.append(json.dumps(rec, default=float))
             self._rows.append(rec)
             if len(self._thumbs) < self.contact_sheet_max:
@@ -116,4 +128,4 @@ class PredictionWriter(BasePredictionWriter):
             w.writerows(self._rows)
         if trainer.is_global_zero:
             print(f"predictions: {self._count} images -> {self.output_dir} "
-                  f"(overlays/, maps/, predictions.jsonl, contact_sheet.png, summary.csv)")
+                  f"(overlays/, maps/, masks/ for semantic predictions, predictions.jsonl, contact_sheet.png, summary.csv)")

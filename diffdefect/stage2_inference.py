@@ -95,8 +95,8 @@ def _rle(mask: np.ndarray) -> dict:
 
 def explain(image: torch.Tensor, scores: torch.Tensor, names: list[str], path: str, background: int = 0,
             threshold: float = 0.5) -> ImagePrediction:
-    """One image's prediction: overlay labelled with the class names found, anomaly map, and a JSON record
-    with the image class, and per class its area, score, regions (boxes, locations) and COCO RLE mask.
+    """One image's prediction: overlay labelled with the class names found, anomaly map, class-id mask, and a
+    JSON record with the image class, and per class its area, score, regions (boxes, locations) and COCO RLE mask.
 
     Args:
         image: ``(3, H, W)`` in [0, 1].
@@ -131,4 +131,4 @@ def explain(image: torch.Tensor, scores: torch.Tensor, names: list[str], path: s
               else "no defect found"}
     img = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return ImagePrediction(path=path, image=img, anomaly_map=anomaly.cpu().numpy(), label=label, record=record,
-                           threshold=threshold)
+                           threshold=threshold, label_map=labels.cpu().numpy())

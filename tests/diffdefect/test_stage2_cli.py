@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -73,6 +74,15 @@ def test_fit_keeps_extractor_frozen_then_test_and_predict_with_a_new_name(stage1
     assert len(lines) == 3 and lines[0]["vocabulary"][-1] == "rust"
     assert {"defect_type", "segments", "overlay", "map", "explanation"} <= set(lines[0])
     assert (out / lines[0]["overlay"]).is_file() and (out / "contact_sheet.png").is_file()
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    for line in lines:  # the class-id mask agrees with the per-class RLE masks of the JSON
+        ids = np.asarray(Image.open(out / line["mask"]))
+        assert ids.max() < len(line["vocabulary"])
+        for seg in line["segments"]:
+            rle = mask_utils.decode({"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode()})
+            assert np.array_equal(rle.astype(bool), ids == line["vocabulary"].index(seg["class"]))
 
 
 @pytest.mark.parametrize(("name", "fixture"), [("stage2_magnetic_tile.yaml", "magnetic_tile_root"),

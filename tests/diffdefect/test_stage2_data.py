@@ -92,6 +92,9 @@ def test_explained_prediction_names_the_classes() -> None:
     seg = rec["segments"][0]
     assert seg["regions"][0]["box"] == (4, 4, 10, 8) and abs(seg["area_percent"] - 100 * 24 / 256) < 1e-6
     assert seg["rle"]["size"] == [16, 16] and pred.anomaly_map.shape == (16, 16) and pred.image.dtype.name == "uint8"
+    expected = torch.zeros(16, 16, dtype=torch.long)
+    expected[4:8, 4:10] = 2  # the class-id mask written to masks/
+    assert torch.equal(torch.as_tensor(pred.label_map), expected)
     clean = explain(torch.rand(3, 16, 16), torch.stack([torch.ones(16, 16)] + [torch.zeros(16, 16)] * 2),
                     ["good", "scratch", "oil stain"], "y.png")
     assert clean.record["defect_type"] == "good" and not clean.record["is_anomalous"]
