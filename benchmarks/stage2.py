@@ -30,8 +30,12 @@ Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.met
    paper's 200 is more than Magnetic Tile has: 32-115 per class), and at most ``--good`` defect-free images.
    The test vocabulary is base + novel (NEU-Seg's label list also names an unused ``others`` class: left out).
    Flips only as augmentation, so the feature cache holds (at most four variants per image).
+4. Controls: ``diffusion_untrained`` (the same U-Net before stage-1 training: what that training adds) and
+   ``efficientnet_captions`` (caption-only supervision, the paper's third regime, on the Lite0 features: class-
+   agnostic defect masks named by the nouns of each image's templated caption, plus the grounding loss; these
+   data sets have no captions of their own, so the nouns are the class names the templates were given).
 
-Reported per extractor: mIoU, base / novel IoU, per-class IoU, image accuracy and macro-F1 (class from the
+Reported per run: mIoU, base / novel IoU, per-class IoU, image accuracy and macro-F1 (class from the
 masks), COCO box and mask mAP@0.5 and @0.5:0.95 (boxes from masks), pixel AUROC and AUPRO, wall times; all with
 the test vocabulary background + base + novel (generalised zero-shot), and again with background + novel names
 only (``novel_only_metrics``: the disjoint protocol; base-class pixels and images are then ignored). Writes
@@ -211,14 +215,16 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
 
 
 def run_stage2(extractor: Any, dm: Any, spec: dict[str, Any], cfg: dict[str, Any], text_encoder: Any,
-               lr: float) -> dict[str, Any]:
-    """Trains the small head on ``extractor`` (base classes) and tests it on all classes."""
+               lr: float, supervision: str = "labels") -> dict[str, Any]:
+    """Trains the small head on ``extractor`` (base classes) and tests it on all classes (``supervision``: see
+    :class:`~diffdefect.stage2_module.Stage2OpenVocab`)."""
     from diffdefect import FeatureCache, OpenVocabClassifier, Stage2Model, Stage2OpenVocab
 
     L.seed_everything(0, verbose=False)
     classifier = OpenVocabClassifier(int(text_encoder.dim), text_encoder=text_encoder)
     model = Stage2Model(extractor, head="small", classifier=classifier, cache=FeatureCache())
     module = Stage2OpenVocab(model, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05),
+                             supervision=supervision,
                              train_classes=spec["base"], test_classes=spec["base"] + spec["novel"])
     trainer = L.Trainer(accelerator="cpu", max_epochs=cfg["epochs"], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -269,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="the frozen tiny VAE: trained first on the training images (stand-in for SD's pretrained "
                    "VAE), or random weights (the earlier setting)")
     p.add_argument("--no-control", action="store_true", help="skip the untrained-stage-1 control run")
+    p.add_argument("--no-captions", action="store_true",
+                   help="skip the caption-only supervision run (EfficientNet-Lite0 features)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared 2-core machine)")
     a = p.parse_args(argv)
     cfg = dict(QUICK if a.quick else FULL)
@@ -313,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             spec, dm = DATASETS[n], dms[n]
             splits = dm.split_records()
             runs = {}
-            kinds = ["diffusion", "efficientnet"] + ([] if a.no_control else ["diffusion_untrained"])
+            kinds = (["diffusion", "efficientnet"] + ([] if a.no_control else ["diffusion_untrained"])
+                     + ([] if a.no_captions else ["efficientnet_captions"]))
             for kind in kinds:
                 if kind.startswith("diffusion"):
                     s1_model = stage1 if kind == "diffusion" else untrained
@@ -321,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                   vae_levels=a.vae_levels)
                 else:
                     extractor = EfficientNetFeatures("efficientnet_lite0", weights="efficientnet_lite0_package")
-                runs[kind] = run_stage2(extractor, dm, spec, cfg, text, a.lr)
+                supervision = "captions" if kind.endswith("_captions") else "labels"
+                runs[kind] = run_stage2(extractor, dm, spec, cfg, text, a.lr, supervision)
                 m = runs[kind]["metrics"]
                 print(f"{n} {kind}: mIoU {m.get('miou', float('nan')):.4f} novel {m.get('novel_iou', float('nan')):.4f} "
                       f"acc {m.get('accuracy', float('nan')):.4f} ({runs[kind]['fit_seconds']:.0f} s fit)", flush=True)
@@ -346,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "on SD's VAE; differences of a few points are within noise",
                     "novel classes are never seen by the head (training images showing them are dropped); stage 1 "
                     "saw their training images and captions, as the paper's IMDD-1M contains these datasets",
+                    "efficientnet_captions: caption-only supervision (class-agnostic defect masks, pseudo-labels from "
+                    "the nouns of the templated captions of diffdefect.captions, as these data sets have no captions "
+                    "of their own, plus the grounding loss) on the same features as efficientnet",
                 ],
             }
             results[n] = payload

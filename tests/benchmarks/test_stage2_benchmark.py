@@ -41,6 +41,8 @@ def test_quick_benchmark_writes_both_datasets(tmp_path, monkeypatch, capsys, one
             assert all(0.0 <= v <= 1.0 for v in m.values())
             assert run["head_parameters"] > 0 and run["cache"]["misses"] > 0
         assert data["results"]["efficientnet"]["feature_strides"] == [4, 8, 16, 32]
+        captions = data["results"]["efficientnet_captions"]  # caption-only supervision: grounding loss logged
+        assert "train/ground" in captions["last_train_step"] and "miou" in captions["metrics"]
         assert set(data["diffusion_minus_efficientnet"]) >= {"miou", "novel_iou", "accuracy"}
     assert "diffusion" in capsys.readouterr().out
 
