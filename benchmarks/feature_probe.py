@@ -41,18 +41,19 @@ FULL = {**s2.FULL, "train_images": 120, "test_images": 80, "normal_pixels": 2000
 QUICK = {**s2.QUICK, "train_images": 6, "test_images": 4, "normal_pixels": 500}
 
 
-def load_masks(records: list, size: int) -> torch.Tensor:
-    """``(N, size, size)`` binary defect masks (nearest resize; zeros for records without a mask)."""
-    from common.data.io import read_mask_array
+def load_pairs(records: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 3, size, size)`` in [0, 1] and their binary defect masks ``(N, size, size)`` (nearest
+    resize), read by the DataModule's loader (:func:`common.data.io.load_sample`: mask thresholds, size checks)."""
+    from common.data.image_text import resize_image
+    from common.data.io import load_sample
 
-    out = []
+    images, masks = [], []
     for r in records:
-        if r.mask_path is None:
-            out.append(torch.zeros(size, size))
-            continue
-        m = torch.from_numpy((read_mask_array(r.mask_path) > 0).astype("float32"))[None, None]  # (1, 1, H, W)
-        out.append(F.interpolate(m, size=(size, size), mode="nearest")[0, 0])
-    return torch.stack(out)
+        sample = load_sample(r)
+        images.append(resize_image(sample.image, size))
+        m = torch.zeros(size, size) if sample.mask is None else torch.from_numpy(sample.mask).float()
+        masks.append(F.interpolate(m[None, None], size=(size, size), mode="nearest")[0, 0])
+    return torch.stack(images), torch.stack(masks)
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -126,10 +127,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            ).split_records()
     sets = {}
     for name, n in (("train", cfg["train_images"]), ("test", cfg["test_images"])):
-        recs = [r for r in splits[name] if r.mask_path is not None]
-        recs = recs[:: max(1, len(recs) // n)][:n]
-        masks = F.adaptive_max_pool2d(load_masks(recs, size)[:, None], size // 2)[:, 0]  # (N, G, G)
-        sets[name] = (s2.load_images(recs, size), masks)
+        images, masks = load_pairs(s2.spread([r for r in splits[name] if r.mask_path is not None], n), size)
+        sets[name] = (images, F.adaptive_max_pool2d(masks[:, None], size // 2)[:, 0])  # masks (N, G, G)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         vae_trained, vae_summary = s2.train_vae(splits["train"], cfg, Path(tmp))

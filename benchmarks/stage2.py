@@ -111,14 +111,18 @@ def datamodule(name: str, root: Path, cfg: dict[str, Any]) -> Any:
     return dm
 
 
+def spread(records: list, n: int | None) -> list:
+    """Up to ``n`` records spread evenly over ``records`` (all of them for ``None``)."""
+    step = 1 if n is None else max(1, len(records) // n)
+    return records[::step][:n]
+
+
 def load_images(records: list, size: int, n: int | None = None) -> torch.Tensor:
-    """``(N, 3, size, size)`` images in [0, 1] of up to ``n`` records spread evenly over ``records``."""
+    """``(N, 3, size, size)`` images in [0, 1] of up to ``n`` records (:func:`spread`)."""
     from common.data.image_text import resize_image
     from common.data.io import read_image
 
-    step = 1 if n is None else max(1, len(records) // n)
-    picked = records[::step][:n]
-    return torch.stack([resize_image(read_image(r.image_path), size) for r in picked])
+    return torch.stack([resize_image(read_image(r.image_path), size) for r in spread(records, n)])
 
 
 def latent_scale(vae: Any, images: torch.Tensor) -> float:
