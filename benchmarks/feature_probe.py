@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     cfg = dict(QUICK if a.quick else FULL)
     torch.set_num_threads(a.threads)
+    torch.manual_seed(0)  # the random inits not seeded on their own (the implicit captioner) are the same every run
     root = Path(a.data_root) / "magnetic_tile"
     if not root.is_dir():
         print(f"feature_probe benchmark: {root} not found, skipping")

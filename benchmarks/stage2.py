@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(a, key) is not None:
             cfg[key] = getattr(a, key)
     torch.set_num_threads(a.threads)
+    torch.manual_seed(0)  # the random inits not seeded on their own (the implicit captioner) are the same every run
     from common.encoders import MiniLMText
     from common.encoders.vae import FrozenVAE
     from diffdefect import DiffusionFeatures, EfficientNetFeatures
