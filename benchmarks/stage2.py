@@ -141,8 +141,8 @@ def train_vae(train_records: list, cfg: dict[str, Any], workdir: Path) -> tuple[
 
     The paper's VAE is SD's, trained on billions of images and frozen; no VAE weights can be downloaded here,
     and a *random* tiny VAE loses much of the image: a linear probe of defect pixels on Magnetic Tile
-    (``python -m benchmarks.feature_probe``) scored P-AUROC 0.58 on its latents, 0.64 on the raw pixels and 0.70
-    on the latents of this trained one; the diffusion features on top, 0.71 vs 0.79. Loss: L1
+    (``python -m benchmarks.feature_probe``) scored P-AUROC 0.54 on its latents, 0.65 on the raw pixels and 0.70
+    on the latents of this trained one; the diffusion features on top, 0.64 vs 0.79. Loss: L1
     reconstruction plus a small KL term (SD's VAE adds LPIPS and a patch GAN, not needed at this size).
     Written by hand because diffusers ships no VAE training API (only example scripts); a dozen lines.
 
