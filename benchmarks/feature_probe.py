@@ -14,10 +14,10 @@ on the test images with defects. Sources, all frozen, on the same seeded Magneti
 * ``pixels``: the RGB image itself (the floor every learned feature should pass);
 * ``vae_random`` / ``vae_trained``: the tiny VAE's latent mean, random weights vs trained on the training images
   (:func:`benchmarks.stage2.train_vae`);
-* ``diffusion_random_vae`` / ``diffusion_trained_vae``: :class:`~diffdefect.diffusion_features.DiffusionFeatures`
+* ``diffusion_random_vae`` / ``diffusion_trained_vae``: :class:`~diffdefect.stage2.extractor.DiffusionFeatures`
   of the small stage-1 U-Net of :mod:`benchmarks.stage2` (untrained: what stage-1 training adds is the stage-2
   benchmark's control) on each VAE;
-* ``efficientnet``: :class:`~diffdefect.features.EfficientNetFeatures` (ImageNet Lite0, four levels).
+* ``efficientnet``: :class:`~common.encoders.features.EfficientNetFeatures` (ImageNet Lite0, four levels).
 
 Writes ``benchmarks/results/feature_probe.json`` (``feature_probe_quick.json`` with ``--quick``).
 """

@@ -35,7 +35,7 @@ def forward_flops(preset: str, batch: int, context_len: int, context_dim: int, l
     """FLOPs of one U-Net forward, counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diffdefect.unet import build_unet
+    from diffdefect.stage1.unet import build_unet
 
     unet = build_unet(preset, device="meta")
     with torch.device("meta"):
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    from diffdefect.unet import build_unet, count_parameters, unet_config
+    from diffdefect.stage1.unet import build_unet, count_parameters, unet_config
 
     cfg = unet_config(preset)
     latent, dim = cfg["sample_size"], cfg["cross_attention_dim"]

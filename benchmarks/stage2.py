@@ -4,12 +4,12 @@
 ``../shared/data/{magnetic_tile,neu_seg}``; a missing dataset is skipped with a message.
 
 Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.metrics` through
-:class:`~diffdefect.stage2_module.Stage2OpenVocab`):
+:class:`~diffdefect.stage2.module.Stage2OpenVocab`):
 
 1. Splits: Magnetic Tile, seeded stratified 60/20/20 (``DefectDataModule(split="random")``); NEU-Seg, its own
    train/test splits. Images resized to ``--image-size`` (96 px).
 2. Stage 1 (the foundation model), trained once on the image-text manifest of the *training* images of both
-   datasets (templated captions from :mod:`diffdefect.captions`; every class, as IMDD-1M pools these data sets;
+   datasets (templated captions from :mod:`diffdefect.stage1.captions`; every class, as IMDD-1M pools these data sets;
    no test image): a small 4-level U-Net (32/64/128/128 channels, cross-attention at the two middle levels,
    6.2M parameters, 384-d context), the real offline encoders (MiniLM text, EfficientNet-Lite0 image embedding
    for the implicit captioner) and the tiny 2x VAE, for ``--stage1-steps`` steps of batch 16. No VAE weights
@@ -20,10 +20,10 @@ Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.met
 3. Stage 2, per dataset and per extractor, the same ``small`` Mask2Former head (16 queries, 64-d, FPN), the same
    MiniLM embeddings of the class names, the same split and seed:
 
-   * ``diffusion``: :class:`~diffdefect.diffusion_features.DiffusionFeatures` of the stage-1 model (t = 50,
+   * ``diffusion``: :class:`~diffdefect.stage2.extractor.DiffusionFeatures` of the stage-1 model (t = 50,
      implicit-captioner conditioning, up-block levels at strides 2/4/8/16; ``vae_levels=0`` because the tiny
      VAE's decoder level would sit at stride 1 and quadruple the head's cost);
-   * ``efficientnet``: :class:`~diffdefect.features.EfficientNetFeatures` (ImageNet Lite0, strides 4/8/16/32).
+   * ``efficientnet``: :class:`~common.encoders.features.EfficientNetFeatures` (ImageNet Lite0, strides 4/8/16/32).
 
    Trained on the base classes only (training images showing a novel class are dropped), tested on all classes
    with the novel ones given only as names. Few-shot: at most ``--shots`` training images per class (the
@@ -189,7 +189,7 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
     from common.data.image_text import ImageTextDataModule
     from common.encoders import TimmImage
     from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Diffusion, Stage1Model
-    from diffdefect.captions import manifest_entries
+    from diffdefect.stage1.captions import manifest_entries
 
     manifest = workdir / "stage1_pairs.jsonl"
     entries = manifest_entries(train_records)
@@ -221,7 +221,7 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
 def run_stage2(extractor: Any, dm: Any, spec: dict[str, Any], cfg: dict[str, Any], text_encoder: Any,
                lr: float, supervision: str = "labels") -> dict[str, Any]:
     """Trains the small head on ``extractor`` (base classes) and tests it on all classes (``supervision``: see
-    :class:`~diffdefect.stage2_module.Stage2OpenVocab`)."""
+    :class:`~diffdefect.stage2.module.Stage2OpenVocab`)."""
     from diffdefect import FeatureCache, OpenVocabClassifier, Stage2Model, Stage2OpenVocab
 
     L.seed_everything(0, verbose=False)
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "novel classes are never seen by the head (training images showing them are dropped); stage 1 "
                     "saw their training images and captions, as the paper's IMDD-1M contains these datasets",
                     "efficientnet_captions: caption-only supervision (class-agnostic defect masks, pseudo-labels from "
-                    "the nouns of the templated captions of diffdefect.captions, as these data sets have no captions "
+                    "the nouns of the templated captions of diffdefect.stage1.captions, as these data sets have no captions "
                     "of their own, plus the grounding loss) on the same features as efficientnet",
                 ],
             }

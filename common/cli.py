@@ -54,9 +54,9 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "demo-data": (_demo_data, "write the generated demo dataset (MVTec layout)"),
     "export": (_lazy("clipmdc.export", "export_main"), "export a trained CLIP-MDC checkpoint to ONNX/TorchScript"),
     "onnx-predict": (_lazy("clipmdc.export", "onnx_predict_main"), "predict image files/folders with an ONNX file"),
-    "captions": (_lazy("diffdefect.captions", "main"), "build an image-text manifest with templated captions"),
-    "precompute": (_lazy("diffdefect.precompute", "main"), "encode images/captions once into latent shards"),
-    "sample": (_lazy("diffdefect.sampling", "main"), "generate images from text with a stage-1 checkpoint"),
+    "captions": (_lazy("diffdefect.stage1.captions", "main"), "build an image-text manifest with templated captions"),
+    "precompute": (_lazy("diffdefect.stage1.precompute", "main"), "encode images/captions once into latent shards"),
+    "sample": (_lazy("diffdefect.stage1.sampling", "main"), "generate images from text with a stage-1 checkpoint"),
 }
 
 

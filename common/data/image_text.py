@@ -5,7 +5,7 @@ Two modes, same :class:`ImageTextBatch`:
 
 * ``"pixels"``: ``image`` ``(B, 3, S, S)`` in [0, 1] (resized to ``image_size``, 512 by default) and ``caption``;
   the model encodes them with its frozen VAE / text / image encoders on the fly.
-* ``"latents"``: shards written by ``diffdefect.precompute`` hold the VAE posterior moments, the text embedding
+* ``"latents"``: shards written by ``diffdefect.stage1.precompute`` hold the VAE posterior moments, the text embedding
   (and optionally its token states) and the CLIP image embedding of every sample; no pixels are decoded and no
   encoder runs during training (on-the-fly encoding costs about 1.4x, MosaicML).
 
@@ -122,7 +122,7 @@ def decode_sample(raw: dict[str, bytes], mode: str, image_size: int) -> dict[str
     else:
         if FIELD_MOMENTS not in raw:
             raise DataError(f"shard sample {item['key']!r} has no precomputed latents ({FIELD_MOMENTS}); "
-                            "write latent shards with `python -m diffdefect.precompute` or use mode='pixels'")
+                            "write latent shards with `python -m diffdefect.stage1.precompute` or use mode='pixels'")
         item["latent_moments"] = _npy(raw[FIELD_MOMENTS]).float()
         for field, name in ((FIELD_TEXT, "text_embedding"), (FIELD_IMAGE_EMB, "image_embedding"),
                             (FIELD_TOKENS, "text_tokens"), (FIELD_TOKEN_MASK, "text_mask")):
@@ -213,7 +213,7 @@ class ImageTextDataModule(L.LightningDataModule):
     Args:
         source: A ``.jsonl`` manifest (see :class:`~common.data.readers.manifest.ManifestReader`), or shards:
             a folder of ``*.tar``, a brace pattern ``data/shard-{000000..000099}.tar``, or a list of tar paths.
-        mode: ``"pixels"`` or ``"latents"`` (shards written by ``diffdefect.precompute``).
+        mode: ``"pixels"`` or ``"latents"`` (shards written by ``diffdefect.stage1.precompute``).
         image_size: Image side after resizing (pixels mode; the paper's 512).
         batch_size: Per-device batch size (global batch = batch_size x devices x nodes x accumulation).
         eval_batch_size: Validation batch size (defaults to ``batch_size``).
@@ -301,7 +301,7 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _map_dataset(self, records: list[SampleRecord]) -> Dataset:
         if self.mode != "pixels":
-            raise ValueError("mode='latents' reads shards written by diffdefect.precompute, not a manifest")
+            raise ValueError("mode='latents' reads shards written by diffdefect.stage1.precompute, not a manifest")
         return ManifestImageText(records, self.image_size)
 
     # ------------------------------------------------------------------ loaders

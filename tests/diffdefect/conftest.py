@@ -11,9 +11,9 @@ from common.data.demo import generate_demo_dataset
 from common.encoders import TimmImage, TinyText
 from common.encoders.vae import FrozenVAE
 from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Model
-from diffdefect.captions import build_manifest
-from diffdefect.conditioning import ConditioningMixer
-from diffdefect.schedule import NoiseSchedule
+from diffdefect.stage1.captions import build_manifest
+from diffdefect.stage1.conditioning import ConditioningMixer
+from diffdefect.stage1.schedule import NoiseSchedule
 from tests.conftest import REPO
 
 TINY_CONFIGS = [
@@ -46,7 +46,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_manifest(demo_root: Path) -> Path:
-    """The image-text manifest of the demo data, built by diffdefect.captions (24 pairs)."""
+    """The image-text manifest of the demo data, built by diffdefect.stage1.captions (24 pairs)."""
     from common.data import MVTecReader
 
     return build_manifest(MVTecReader(demo_root), demo_root.parent / "pairs.jsonl")

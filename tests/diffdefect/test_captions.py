@@ -9,7 +9,7 @@ import numpy as np
 
 from common.data import ClassIdSegReader, MagneticTileReader, ManifestReader, MVTecReader, VisAReader
 from common.data.types import SampleRecord
-from diffdefect.captions import build_manifest, caption_for, main, mask_location, size_and_severity
+from diffdefect.stage1.captions import build_manifest, caption_for, main, mask_location, size_and_severity
 
 
 def test_location_size_and_severity_from_the_mask() -> None:

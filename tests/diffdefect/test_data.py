@@ -9,8 +9,8 @@ import torch
 
 from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Model
-from diffdefect.loss import Stage1Loss
-from diffdefect.precompute import encoders_from_config, load_config, main, precompute
+from diffdefect.stage1.loss import Stage1Loss
+from diffdefect.stage1.precompute import encoders_from_config, load_config, main, precompute
 from tests.diffdefect.conftest import TINY_CONFIGS
 
 

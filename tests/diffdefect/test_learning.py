@@ -12,7 +12,7 @@ from common.data import MVTecReader
 from common.data.demo import generate_demo_dataset
 from common.data.image_text import ImageTextDataModule
 from diffdefect import Stage1Diffusion
-from diffdefect.captions import build_manifest
+from diffdefect.stage1.captions import build_manifest
 from tests.diffdefect.conftest import tiny_model
 
 

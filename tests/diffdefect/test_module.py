@@ -14,8 +14,9 @@ from common.cli import main as cli_main
 from common.data import ManifestReader
 from common.data.image_text import ImageTextDataModule
 from diffdefect import Stage1Diffusion
-from diffdefect.sampling import generate, generation_metrics, load_stage1, synthesize_defects
-from diffdefect.sampling import main as sample_main
+from diffdefect.stage1.checkpoint import load_stage1
+from diffdefect.stage1.sampling import generate, generation_metrics, synthesize_defects
+from diffdefect.stage1.sampling import main as sample_main
 from tests.conftest import REPO
 from tests.diffdefect.conftest import TINY_CONFIGS, tiny_model
 
@@ -61,7 +62,7 @@ def fit(source: Path, root: Path, max_steps: int, ckpt_path: str | None = None, 
 
 @pytest.fixture(scope="module")
 def latent_shards(demo_manifest: Path, tmp_path_factory) -> Path:
-    from diffdefect.precompute import precompute
+    from diffdefect.stage1.precompute import precompute
 
     m = tiny_model()
     out = tmp_path_factory.mktemp("latent_shards")
@@ -195,7 +196,7 @@ def test_fid_and_is_from_the_common_metrics() -> None:
 def test_scale_out_presets_parse_and_build_their_strategy(preset: str) -> None:
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 
-    from diffdefect.precompute import instantiate, load_config
+    from diffdefect.stage1.precompute import instantiate, load_config
 
     path = str(REPO / "configs" / "diffdefect" / f"{preset}.yaml")
     with pytest.raises(SystemExit) as e:  # the real CLI parser, as `lightning fit --config` would

@@ -14,7 +14,7 @@ from diffdefect import (
     build_unet,
     unet_config,
 )
-from diffdefect.unet import SD15_PARAMETERS, count_parameters
+from diffdefect.stage1.unet import SD15_PARAMETERS, count_parameters
 
 
 def test_sd15_preset_has_859_5m_parameters_on_meta_device() -> None:

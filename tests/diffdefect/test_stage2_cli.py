@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from common.cli import DefectCLI, main
-from diffdefect.sampling import load_stage1
+from diffdefect.stage1.checkpoint import load_stage1
 from tests.conftest import REPO
 
 CFG = REPO / "configs" / "diffdefect"

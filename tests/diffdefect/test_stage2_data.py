@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from common.metrics import DetectionMAP, boxes_from_masks
-from diffdefect.stage2_data import base_only, detection_targets, id_mapping, remap, set_targets
-from diffdefect.stage2_inference import explain, image_classes, instance_predictions, semantic_scores
+from diffdefect.stage2.postprocess import explain, image_classes, instance_predictions, semantic_scores
+from diffdefect.stage2.targets import base_only, detection_targets, id_mapping, remap, set_targets
 
 
 def class_mask() -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffdefect import HungarianMatcher, SetCriterion, Stage2Output
-from diffdefect.criterion import Grounding, grounding_loss
+from diffdefect.stage2.criterion import Grounding, grounding_loss
 
 
 def targets() -> tuple[torch.Tensor, torch.Tensor]:

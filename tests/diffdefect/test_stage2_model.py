@@ -18,7 +18,7 @@ from diffdefect import (
     OpenVocabClassifier,
     Stage2Model,
 )
-from diffdefect.open_vocab import caption_nouns, class_prompts, default_lexicon
+from diffdefect.stage2.classifier import caption_nouns, class_prompts, default_lexicon
 
 SIZE = 32
 
@@ -150,7 +150,7 @@ def test_stage1_checkpoint_loads_its_ema_weights_frozen(stage1_ckpt: Path) -> No
 
 def test_prompts_and_caption_nouns() -> None:
     from common.data.types import SampleRecord
-    from diffdefect.captions import caption_for
+    from diffdefect.stage1.captions import caption_for
 
     assert class_prompts("break")[0] == "a photo of edge break."
     assert "defect-free" in class_prompts("good")[0]

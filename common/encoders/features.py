@@ -3,14 +3,14 @@
 One interface, :class:`FeatureExtractor`, two implementations, so that the same Mask2Former head can be trained
 on either and the value of the diffusion features is measured, not assumed:
 
-* :class:`~diffdefect.diffusion_features.DiffusionFeatures`: the frozen stage-1 diffusion model (the paper);
+* :class:`~diffdefect.stage2.extractor.DiffusionFeatures`: the frozen stage-1 diffusion model (the paper);
 * :class:`EfficientNetFeatures`: a frozen timm EfficientNet-Lite0 with the packaged ImageNet weights (the
   baseline of the stage-2 benchmark).
 
 An extractor maps images ``(B, 3, H, W)`` in [0, 1] to a list of maps ordered from fine to coarse,
 ``[(B, channels[l], H / strides[l], W / strides[l])]``. It is frozen (every weight inside a
 :class:`~common.encoders.frozen.FrozenEncoder`: eval mode, no gradients, not in checkpoints) and deterministic (a
-function of the image only), which is what lets :mod:`diffdefect.feature_cache` reuse its outputs across epochs.
+function of the image only), which is what lets :mod:`diffdefect.stage2.cache` reuse its outputs across epochs.
 It may carry the text encoder of its family (:attr:`FeatureExtractor.text_encoder`), which the open-vocabulary
 classifier then uses for the category names unless given its own.
 """

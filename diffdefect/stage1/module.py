@@ -1,8 +1,8 @@
 """``Stage1Diffusion``: the thin LightningModule of stage 1 (optimisation, EMA, logging, switches).
 
-The network is :class:`~diffdefect.model.Stage1Model`, the loss :class:`~diffdefect.loss.Stage1Loss`; both are
+The network is :class:`~diffdefect.stage1.model.Stage1Model`, the loss :class:`~diffdefect.stage1.loss.Stage1Loss`; both are
 constructor arguments (``class_path`` in YAML), as are the optimizer (default AdamW, lr 1e-4) and the LR
-scheduler. Sampling lives in :mod:`diffdefect.sampling`.
+scheduler. Sampling lives in :mod:`diffdefect.stage1.sampling`.
 
 Determinism: every random draw of a training step comes from a generator seeded with
 ``(seed, rank, global_step, micro-batch)``, so a run resumed from a mid-epoch checkpoint continues exactly as the
@@ -22,9 +22,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.image_text import ImageTextBatch
-from diffdefect.ema import EMA
-from diffdefect.loss import Stage1Loss
-from diffdefect.model import Stage1Model
+from diffdefect.stage1.ema import EMA
+from diffdefect.stage1.loss import Stage1Loss
+from diffdefect.stage1.model import Stage1Model
 
 
 def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -41,8 +41,8 @@ class Stage1Diffusion(L.LightningModule):
     """Trains the stage-1 diffusion U-Net and implicit captioner.
 
     Args:
-        model: The :class:`~diffdefect.model.Stage1Model`.
-        loss: The :class:`~diffdefect.loss.Stage1Loss` (default: ``diff`` 1.0 + ``imp`` 0.3).
+        model: The :class:`~diffdefect.stage1.model.Stage1Model`.
+        loss: The :class:`~diffdefect.stage1.loss.Stage1Loss` (default: ``diff`` 1.0 + ``imp`` 0.3).
         optimizer: Optimizer factory over the trainable parameters (U-Net + captioner); default AdamW, lr 1e-4.
         scheduler: LR scheduler factory (stepped every optimizer step), or ``None``.
         ema_decay: EMA decay of the trainable weights (used for sampling); ``None`` disables EMA.

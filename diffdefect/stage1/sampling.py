@@ -3,18 +3,15 @@
 * :func:`generate`: prompts (or image embeddings, through the implicit captioner) -> images, with DDIM,
   DPM-Solver++ or DDPM (diffusers schedulers built from the training schedule's config), classifier-free
   guidance (the null context is the one CFG dropout trains), a seed, batching.
-* :func:`load_stage1`: a :class:`~diffdefect.module.Stage1Diffusion` from a checkpoint written by
-  ``lightning fit`` (its stored config rebuilds the model) or from a checkpoint plus a YAML config, with the
-  EMA weights swapped in by default.
 * :func:`synthesize_defects`: an MVTec-layout folder of generated defect images (``<object>/test/<defect>/``,
   ``<object>/train/good/``) plus ``synthetic.jsonl``, a manifest the common data layer reads (generated images
   have no masks; see its docstring).
 
 Command line (also ``defectfm sample``)::
 
-    python -m diffdefect.sampling --ckpt runs/stage1/last.ckpt --prompt "a metal plate with a long scratch" \
+    python -m diffdefect.stage1.sampling --ckpt runs/stage1/last.ckpt --prompt "a metal plate with a long scratch" \
         --scheduler dpm --steps 25 --guidance 5 --seed 0 --out samples/
-    python -m diffdefect.sampling --ckpt last.ckpt --synthesize --objects plate fabric \
+    python -m diffdefect.stage1.sampling --ckpt last.ckpt --synthesize --objects plate fabric \
         --defects scratch hole --per-class 16 --out synthetic/
 """
 
@@ -31,8 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffdefect.captions import DEFECT_TERMS, LOCATIONS, SURFACES, readable
-from diffdefect.model import Stage1Model
+from diffdefect.stage1.captions import DEFECT_TERMS, LOCATIONS, SURFACES, readable
+from diffdefect.stage1.checkpoint import load_stage1
+from diffdefect.stage1.model import Stage1Model
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 
@@ -131,38 +129,6 @@ def generate(
             latents = sampler.step(pred, t, latents, generator=g if scheduler == "ddpm" else None).prev_sample
         outputs.append(model.vae.decode(latents).cpu())  # (b, 3, H, W)
     return torch.cat(outputs)
-
-
-# ----------------------------------------------------------------------------- loading
-def load_stage1(ckpt: str | Path, config: str | Path | None = None, ema: bool = True, map_location: str = "cpu") -> Any:
-    """Loads a trained :class:`~diffdefect.module.Stage1Diffusion`.
-
-    Args:
-        ckpt: A checkpoint from ``lightning fit`` (holds the model config) or any checkpoint with ``config``.
-        config: A YAML with a ``model:`` section (e.g. the ``config.yaml`` LightningCLI saved, or
-            ``configs/stage1_diffusion.yaml`` + overrides merged); needed when the checkpoint was written by a
-            module built in Python.
-        ema: Swap the EMA weights in (when the checkpoint has them).
-        map_location: Where to load tensors.
-    """
-    import yaml
-    from lightning.pytorch.cli import instantiate_module
-
-    from diffdefect.module import Stage1Diffusion
-
-    if config is None:
-        module = Stage1Diffusion.load_from_checkpoint(str(ckpt), map_location=map_location, weights_only=False)
-    else:
-        cfg = yaml.safe_load(Path(config).read_text())
-        cfg = cfg.get("model", cfg)
-        init = cfg.get("init_args", cfg) if isinstance(cfg, dict) and "class_path" in cfg else cfg
-        module = instantiate_module(Stage1Diffusion, init)
-        state = torch.load(str(ckpt), map_location=map_location, weights_only=False)
-        module.load_state_dict(state["state_dict"])
-        module.on_load_checkpoint(state)
-    if ema:
-        module.use_ema_weights()
-    return module.eval()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -285,7 +251,7 @@ def load_images(folder: str | Path, size: int) -> torch.Tensor:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m diffdefect.sampling --ckpt CKPT --prompt TEXT ... --out DIR``."""
+    """``python -m diffdefect.stage1.sampling --ckpt CKPT --prompt TEXT ... --out DIR``."""
     p = argparse.ArgumentParser(prog="defectfm sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="checkpoint from `lightning fit`")
     p.add_argument("--config", default=None, help="YAML with the model section (when the checkpoint has no config)")

@@ -1,14 +1,14 @@
 """``Stage2Model``: frozen features -> Mask2Former head -> open-vocabulary class logits, one typed output.
 
-Parts (injected, so YAML chooses them): a frozen :class:`~diffdefect.features.FeatureExtractor`
-(:class:`~diffdefect.diffusion_features.DiffusionFeatures` or :class:`~diffdefect.features.EfficientNetFeatures`),
-the trainable :class:`~diffdefect.mask2former.Mask2FormerHead` built here from a preset for the extractor's
+Parts (injected, so YAML chooses them): a frozen :class:`~common.encoders.features.FeatureExtractor`
+(:class:`~diffdefect.stage2.extractor.DiffusionFeatures` or :class:`~common.encoders.features.EfficientNetFeatures`),
+the trainable :class:`~diffdefect.stage2.head.Mask2FormerHead` built here from a preset for the extractor's
 levels (the head's input widths are a property of the extractor, so YAML gives the preset and overrides, not
-the head object), the :class:`~diffdefect.open_vocab.OpenVocabClassifier` (learnable tau and void embedding;
-its text encoder is the extractor's unless given), and an optional :class:`~diffdefect.feature_cache.FeatureCache`.
+the head object), the :class:`~diffdefect.stage2.classifier.OpenVocabClassifier` (learnable tau and void embedding;
+its text encoder is the extractor's unless given), and an optional :class:`~diffdefect.stage2.cache.FeatureCache`.
 
 ``forward(image, text_embeddings)`` returns :class:`Stage2Output`, the same in training and evaluation; the loss
-is :class:`~diffdefect.criterion.SetCriterion`. The vocabulary is an argument of ``forward`` (its ``(K, D)`` text
+is :class:`~diffdefect.stage2.criterion.SetCriterion`. The vocabulary is an argument of ``forward`` (its ``(K, D)`` text
 embeddings), never a parameter: any list of names works at test time.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffdefect.feature_cache import FeatureCache
-from diffdefect.features import FeatureExtractor
-from diffdefect.mask2former import Mask2FormerHead, head_config
-from diffdefect.open_vocab import OpenVocabClassifier
+from common.encoders.features import FeatureExtractor
+from diffdefect.stage2.cache import FeatureCache
+from diffdefect.stage2.classifier import OpenVocabClassifier
+from diffdefect.stage2.head import Mask2FormerHead, head_config
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Stage2Model(nn.Module):
 
     Args:
         extractor: The frozen feature extractor.
-        head: Head preset name (``"full"``, ``"small"``, ``"tiny"``; :data:`~diffdefect.mask2former.PRESETS`).
-        head_overrides: :class:`~diffdefect.mask2former.Mask2FormerHead` arguments replacing the preset's
+        head: Head preset name (``"full"``, ``"small"``, ``"tiny"``; :data:`~diffdefect.stage2.head.PRESETS`).
+        head_overrides: :class:`~diffdefect.stage2.head.Mask2FormerHead` arguments replacing the preset's
             (e.g. ``{"pixel_decoder": "msdeform"}``, ``{"num_queries": 50}``).
         classifier: The open-vocabulary classifier; ``None`` builds one on the extractor's text encoder.
         cache: Feature cache (``None``: the extractor runs on every batch).

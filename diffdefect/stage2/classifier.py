@@ -1,7 +1,7 @@
 """Open-vocabulary classification: category names -> text embeddings, and mask embeddings x text / tau.
 
 Prompts are data (this file): a category name becomes phrases through :data:`TEMPLATES` (defect names are first
-expanded with the inspection vocabulary of the stage-1 captions, :data:`diffdefect.captions.DEFECT_TERMS`, e.g.
+expanded with the inspection vocabulary of the stage-1 captions, :data:`diffdefect.stage1.captions.DEFECT_TERMS`, e.g.
 ``"break" -> "edge break"``, so names are worded as stage 1 saw them); the background / defect-free class gets
 :data:`BACKGROUND_PROMPTS`. A class embedding is the normalised mean of its prompts' normalised embeddings from
 the frozen text encoder (CLIP in the paper; any :class:`~common.encoders.text.TextEncoder`).
@@ -26,7 +26,7 @@ from torch import nn
 
 from common.data.types import NORMAL
 from common.encoders.text import TextEncoder
-from diffdefect.captions import DEFECT_TERMS, readable
+from diffdefect.stage1.captions import DEFECT_TERMS, readable
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of {}.",
@@ -57,7 +57,7 @@ def class_prompts(name: str, templates: Sequence[str] = TEMPLATES,
 
 
 def default_lexicon(names: Sequence[str] = ()) -> dict[str, str]:
-    """Phrase -> canonical name: every :data:`~diffdefect.captions.DEFECT_TERMS` phrase and key, plus ``names``
+    """Phrase -> canonical name: every :data:`~diffdefect.stage1.captions.DEFECT_TERMS` phrase and key, plus ``names``
     (e.g. a dataset's class names) in their readable form."""
     lexicon = {k: k for k in DEFECT_TERMS}
     for key, phrase in DEFECT_TERMS.items():
@@ -73,7 +73,7 @@ def caption_nouns(caption: str | None, lexicon: dict[str, str] | None = None) ->
     """Defect terms named by a caption, as canonical names, in order of appearance, without repeats.
 
     Args:
-        caption: A caption (e.g. from :func:`diffdefect.captions.caption_for`), or ``None``.
+        caption: A caption (e.g. from :func:`diffdefect.stage1.captions.caption_for`), or ``None``.
         lexicon: Phrase -> canonical name (default: :func:`default_lexicon`). Longer phrases win ("linear
             scratch" before "scratch").
 

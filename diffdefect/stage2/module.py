@@ -1,6 +1,6 @@
 """``Stage2OpenVocab``: the thin LightningModule of stage 2 (vocabularies, targets, optimisation, metrics).
 
-The network is :class:`~diffdefect.stage2_model.Stage2Model`, the loss :class:`~diffdefect.criterion.SetCriterion`;
+The network is :class:`~diffdefect.stage2.model.Stage2Model`, the loss :class:`~diffdefect.stage2.criterion.SetCriterion`;
 both are constructor arguments (``class_path`` in YAML), as are the optimizer (default AdamW, lr 5e-5, the
 paper's) and the scheduler.
 
@@ -8,7 +8,7 @@ Vocabularies (names; the background / defect-free class always first, index 0):
 
 * ``vocabulary``: every class name (default: the DataModule's ``vocabulary``, whose first entry is ``"good"``);
 * ``train_classes``: the base classes the head is trained on (default: all). Training images showing any other
-  class are dropped from the batch (``novel="drop"``; see :mod:`diffdefect.stage2_data`). Validation uses the
+  class are dropped from the batch (``novel="drop"``; see :mod:`diffdefect.stage2.targets`). Validation uses the
   training vocabulary too, so checkpoint selection never sees a novel name;
 * ``test_classes``: the names scored at test / predict time (default: all of ``vocabulary``), given in words
   only. Base on ``train_classes`` and novel on ``test_classes`` is the open-vocabulary switch; both can also be
@@ -20,7 +20,7 @@ Text embeddings of the names are computed once per stage in ``setup()`` into non
 
 Supervision (``supervision``): ``"labels"`` (class masks -> L_mask + L_cls), ``"captions"`` (the paper's
 caption-only regime: class-agnostic defect masks; the nouns of each image's caption, its own or a templated one
-from :mod:`diffdefect.captions`, are the pseudo-labels of L_cls over the batch's nouns, plus the bidirectional
+from :mod:`diffdefect.stage1.captions`, are the pseudo-labels of L_cls over the batch's nouns, plus the bidirectional
 grounding loss), ``"both"`` (labels and grounding).
 
 Metrics (all from :mod:`common.metrics`), per ``val/`` and ``test/``: per-class IoU (``iou_<name>``), ``miou``,
@@ -43,11 +43,11 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from common.data.types import NORMAL, DefectBatch, SampleRecord
 from common.metrics import DetectionMAP, MeanIoU, PerClassIoU, anomaly_metrics, defect_type_metrics
 from common.prediction import ImagePrediction
-from diffdefect.criterion import Grounding, SetCriterion
-from diffdefect.open_vocab import caption_nouns, default_lexicon
-from diffdefect.stage2_data import base_only, detection_targets, id_mapping, remap, set_targets
-from diffdefect.stage2_inference import explain, image_classes, instance_predictions, semantic_scores
-from diffdefect.stage2_model import Stage2Model
+from diffdefect.stage2.classifier import caption_nouns, default_lexicon
+from diffdefect.stage2.criterion import Grounding, SetCriterion
+from diffdefect.stage2.model import Stage2Model
+from diffdefect.stage2.postprocess import explain, image_classes, instance_predictions, semantic_scores
+from diffdefect.stage2.targets import base_only, detection_targets, id_mapping, remap, set_targets
 
 SUPERVISION = ("labels", "captions", "both")
 EVAL_SWITCHES = ("vocabulary", "test_classes", "metrics_mode", "detection_metrics", "top_k", "pixel_threshold")
@@ -63,15 +63,15 @@ class Stage2OpenVocab(L.LightningModule):
     """Trains and evaluates the open-vocabulary stage-2 head.
 
     Args:
-        model: The :class:`~diffdefect.stage2_model.Stage2Model`.
-        criterion: The loss (default :class:`~diffdefect.criterion.SetCriterion`, the paper's weights).
+        model: The :class:`~diffdefect.stage2.model.Stage2Model`.
+        criterion: The loss (default :class:`~diffdefect.stage2.criterion.SetCriterion`, the paper's weights).
         optimizer: Optimizer factory over the trainable parameters (head + classifier).
         scheduler: LR scheduler factory (stepped per epoch), or ``None``.
         vocabulary: All class names (background first); ``None``: the DataModule's.
         train_classes: Base classes trained on (``None``: all but the background).
         test_classes: Classes named at test / predict time (``None``: all but the background).
         supervision: ``"labels"``, ``"captions"`` or ``"both"`` (module docstring).
-        targets: ``"semantic"`` or ``"instance"`` target masks (:func:`~diffdefect.stage2_data.set_targets`).
+        targets: ``"semantic"`` or ``"instance"`` target masks (:func:`~diffdefect.stage2.targets.set_targets`).
         novel: ``"drop"`` or ``"ignore"``: training images showing non-base classes.
         metrics_mode: ``"binned"`` or ``"exact"`` pixel anomaly metrics.
         detection_metrics: Compute COCO mAP (pycocotools; the slowest metric).
@@ -172,7 +172,7 @@ class Stage2OpenVocab(L.LightningModule):
 
     def _grounding(self, batch: DefectBatch, keep: torch.Tensor) -> tuple[list[list[str]], Grounding | None]:
         """Caption nouns per kept image (templated captions where a sample has none) and grounding words."""
-        from diffdefect.captions import caption_for
+        from diffdefect.stage1.captions import caption_for
 
         nouns = []
         for i in keep.nonzero().squeeze(1).tolist():

@@ -6,14 +6,14 @@ MosaicML measured on-the-fly VAE/text encoding at about 1.4x the cost of trainin
 IMDD-1M's 1.24M images x 100 epochs the encoders would otherwise run 124M times for the same numbers.
 
 The encoders are the ones the training config names (so the numbers are exactly what training would compute
-on the fly, :func:`diffdefect.model.encode_batch`); the moments (not a sample) are stored, so the VAE posterior
+on the fly, :func:`diffdefect.stage1.model.encode_batch`); the moments (not a sample) are stored, so the VAE posterior
 is still sampled per step. Shard fields: ``latent.npy`` ``(2C, h, w)``, ``text.npy`` ``(D,)``, ``imgemb.npy``
 ``(D_v,)``, optionally ``tokens.npy`` ``(L, D)`` and ``tokmask.npy`` ``(L,)``, ``txt`` (caption), ``json``
 (object, defect type, has_text, source).
 
 Command line (also ``defectfm precompute``)::
 
-    python -m diffdefect.precompute --config configs/stage1_diffusion.yaml --source pairs.jsonl \
+    python -m diffdefect.stage1.precompute --config configs/stage1_diffusion.yaml --source pairs.jsonl \
         --out data/imdd1m/latents --batch-size 64 --device cuda
 """
 
@@ -36,7 +36,7 @@ from common.data.shards import ShardDataset, ShardWriter
 from common.encoders.image import ImageEncoder
 from common.encoders.text import TextEncoder
 from common.encoders.vae import FrozenVAE
-from diffdefect.model import encode_batch
+from diffdefect.stage1.model import encode_batch
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -142,7 +142,7 @@ def precompute(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m diffdefect.precompute --config CFG.yaml [--config ...] --source SRC --out DIR``."""
+    """``python -m diffdefect.stage1.precompute --config CFG.yaml [--config ...] --source SRC --out DIR``."""
     p = argparse.ArgumentParser(prog="defectfm precompute", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action="append", required=True, help="training config(s), stacked in order")
     p.add_argument("--source", required=True, help="JSONL manifest or pixel shards (folder / brace pattern)")

@@ -2,7 +2,7 @@
 
 ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` is diffusers' ``DDPMScheduler.add_noise``; the regression
 target is ``eps`` (``"epsilon"``, the paper's) or the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0``
-(``"v_prediction"``). Samplers (DDIM, DPM-Solver) are built from the same config in :mod:`diffdefect.sampling`,
+(``"v_prediction"``). Samplers (DDIM, DPM-Solver) are built from the same config in :mod:`diffdefect.stage1.sampling`,
 so they use the betas and prediction type the model was trained with.
 """
 

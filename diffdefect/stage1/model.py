@@ -1,12 +1,12 @@
 """``Stage1Model``: the stage-1 text-conditioned latent diffusion model with the implicit captioner.
 
-Parts (injected, so YAML chooses them): a trainable :class:`~diffdefect.unet.DiffusionUNet` and
-:class:`~diffdefect.captioner.ImplicitCaptioner`; frozen encoders, each in the one
+Parts (injected, so YAML chooses them): a trainable :class:`~diffdefect.stage1.unet.DiffusionUNet` and
+:class:`~diffdefect.stage1.captioner.ImplicitCaptioner`; frozen encoders, each in the one
 :class:`~common.encoders.frozen.FrozenEncoder` wrapper (VAE, text encoder, CLIP image encoder); the DDPM
-:class:`~diffdefect.schedule.NoiseSchedule`; the :class:`~diffdefect.conditioning.ConditioningMixer`.
+:class:`~diffdefect.stage1.schedule.NoiseSchedule`; the :class:`~diffdefect.stage1.conditioning.ConditioningMixer`.
 
 ``forward(batch)`` returns a :class:`Stage1Output` (prediction, target, captioner outputs), the same in training
-and evaluation; the loss is computed by :class:`~diffdefect.loss.Stage1Loss`. Every random draw of a step comes
+and evaluation; the loss is computed by :class:`~diffdefect.stage1.loss.Stage1Loss`. Every random draw of a step comes
 from one ``torch.Generator`` in a fixed order (VAE posterior sample, real/pseudo choice and CFG dropout,
 timesteps, noise), so a step is a function of (weights, batch, generator seed): this is what makes pixel and
 precomputed-latent training identical and resumes exact.
@@ -23,10 +23,10 @@ from common.data.image_text import ImageTextBatch
 from common.encoders.image import ImageEncoder
 from common.encoders.text import TextEncoder
 from common.encoders.vae import FrozenVAE
-from diffdefect.captioner import ImplicitCaptioner
-from diffdefect.conditioning import ConditioningMixer
-from diffdefect.schedule import NoiseSchedule
-from diffdefect.unet import DiffusionUNet
+from diffdefect.stage1.captioner import ImplicitCaptioner
+from diffdefect.stage1.conditioning import ConditioningMixer
+from diffdefect.stage1.schedule import NoiseSchedule
+from diffdefect.stage1.unet import DiffusionUNet
 
 
 @dataclass
@@ -101,7 +101,7 @@ def encode_batch(
 ) -> Stage1Inputs:
     """Encodes what ``batch`` does not carry precomputed with the frozen encoders (deterministic).
 
-    Used by :class:`Stage1Model` on the fly and by :mod:`diffdefect.precompute` once, so both see the same
+    Used by :class:`Stage1Model` on the fly and by :mod:`diffdefect.stage1.precompute` once, so both see the same
     numbers.
     """
     moments = batch.latent_moments

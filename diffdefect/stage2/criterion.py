@@ -4,7 +4,7 @@
 summed into "aux")``, with the paper's ``L_Stage2 = L_mask + 0.5 L_cls/ground`` as the default weights
 (``mask`` 1, ``dice`` 1, ``cls`` 0.5, ``ground`` 0.5; Mask2Former itself uses 5 / 5 / 2).
 
-* matching: :class:`~diffdefect.matcher.HungarianMatcher` per decoder layer;
+* matching: :class:`~diffdefect.stage2.matcher.HungarianMatcher` per decoder layer;
 * ``mask``: sigmoid BCE between each matched query's mask (bilinearly upsampled to the target resolution) and its
   target, mean over pixels, summed over matches / number of targets; ``dice``: the dice loss likewise (both are
   transformers' ``sigmoid_cross_entropy_loss`` and ``dice_loss``). Dense, not point-sampled: at our resolutions
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdefect.matcher import HungarianMatcher
-from diffdefect.stage2_model import Stage2Output
+from diffdefect.stage2.matcher import HungarianMatcher
+from diffdefect.stage2.model import Stage2Output
 
 DEFAULT_WEIGHTS = {"mask": 1.0, "dice": 1.0, "cls": 0.5, "ground": 0.5}
 

@@ -5,7 +5,7 @@ One pass per image, as in the paper (Sec. "Mask Generation"), with ODISE's recip
 1. ``z_0``: the VAE posterior *mean* of the image (deterministic; stage 1 samples the posterior, stage 2 needs a
    function of the image);
 2. conditioning: the implicit captioner's pseudo text ``t_imp = captioner(V(I))`` from the frozen image encoder,
-   laid out as stage 1 lays it out (:class:`~diffdefect.conditioning.ConditioningMixer`); ``condition="null"``
+   laid out as stage 1 lays it out (:class:`~diffdefect.stage1.conditioning.ConditioningMixer`); ``condition="null"``
    uses the unconditional (zero) context instead (the paper's "w/o diffusion condition" ablation);
 3. ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` at ``t = 50`` with one *fixed* noise map ``eps`` (seeded,
    shared by all images, so the features are a function of the image only and can be cached);
@@ -40,35 +40,14 @@ from typing import Any
 
 import torch
 
+from common.encoders.features import FeatureExtractor
 from common.encoders.frozen import FrozenEncoder
 from common.encoders.text import TextEncoder
-from diffdefect.features import FeatureExtractor
-from diffdefect.model import Stage1Model
+from diffdefect.stage1.model import Stage1Model
+from diffdefect.stage1.presets import tiny_stage1
 
 BLOCKS = ("up", "down")
 CONDITIONS = ("pseudo", "null")
-
-
-def tiny_stage1(seed: int = 0) -> Stage1Model:
-    """The random-init tiny stage-1 model of ``configs/diffdefect/stage1_tiny.yaml`` (smoke tests).
-
-    2-level U-Net (32/64 channels, 32-d context), tiny 2x VAE, :class:`~common.encoders.TinyText` (32-d), a
-    ``test_vit`` image encoder (64-d) and a 64 -> 32 captioner.
-    """
-    from common.encoders import TimmImage, TinyText
-    from common.encoders.vae import FrozenVAE
-    from diffdefect.captioner import ImplicitCaptioner
-    from diffdefect.unet import DiffusionUNet
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Stage1Model(
-            unet=DiffusionUNet("tiny", seed=seed),
-            vae=FrozenVAE(preset="tiny", seed=seed),
-            text_encoder=TinyText(32, seed=seed),
-            image_encoder=TimmImage("test_vit", image_size=32, layers=[2]),
-            captioner=ImplicitCaptioner(64, 32, 32),
-        )
 
 
 class DiffusionFeatures(FeatureExtractor):
@@ -78,8 +57,8 @@ class DiffusionFeatures(FeatureExtractor):
 
     1. ``stage1_checkpoint``: a checkpoint written by ``lightning fit`` with a stage-1 config (its stored
        config rebuilds the model; ``stage1_config`` for a checkpoint without one), EMA weights by default
-       (:func:`diffdefect.sampling.load_stage1`);
-    2. ``stage1``: a :class:`~diffdefect.model.Stage1Model` built from YAML (``class_path``; weights from its
+       (:func:`diffdefect.stage1.checkpoint.load_stage1`);
+    2. ``stage1``: a :class:`~diffdefect.stage1.model.Stage1Model` built from YAML (``class_path``; weights from its
        parts' own sources, e.g. ``DiffusionUNet(pretrained=...)`` for an exported U-Net);
     3. neither: the random-init tiny model of :func:`tiny_stage1` (CPU smoke tests only: its features are
        random projections, not learned ones).
@@ -113,7 +92,7 @@ class DiffusionFeatures(FeatureExtractor):
         if blocks not in BLOCKS or condition not in CONDITIONS:
             raise ValueError(f"blocks must be one of {BLOCKS} and condition one of {CONDITIONS}")
         if stage1_checkpoint is not None:
-            from diffdefect.sampling import load_stage1
+            from diffdefect.stage1.checkpoint import load_stage1
 
             if not Path(stage1_checkpoint).is_file():
                 raise FileNotFoundError(f"stage-1 checkpoint {stage1_checkpoint} not found (train stage 1 first, or "

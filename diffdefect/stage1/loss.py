@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdefect.model import Stage1Output
+from diffdefect.stage1.model import Stage1Output
 
 DEFAULT_WEIGHTS = {"diff": 1.0, "imp": 0.3}
 

@@ -23,7 +23,7 @@ The nouns (object and defect type) are stored as ``nouns`` for stage-2 grounding
 
 Command line (also ``defectfm captions``)::
 
-    python -m diffdefect.captions --reader mvtec --root data/demo --out data/demo_pairs.jsonl
+    python -m diffdefect.stage1.captions --reader mvtec --root data/demo --out data/demo_pairs.jsonl
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def build_manifest(reader: Reader, out: str | os.PathLike, relative: bool = True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m diffdefect.captions --reader mvtec --root DIR --out pairs.jsonl``."""
+    """``python -m diffdefect.stage1.captions --reader mvtec --root DIR --out pairs.jsonl``."""
     p = argparse.ArgumentParser(prog="defectfm captions", description=__doc__.split("\n\n")[0])
     p.add_argument("--reader", required=True, choices=sorted(READERS))
     p.add_argument("--root", required=True, help="dataset root (or file for 'manifest')")
