@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny datasets in every supported layout, written into tmp folders, and offline settings."""
+"""Shared fixtures: tiny datasets in every supported layout, written into tmp folders, and offline settings.
+
+Imports between test files: pytest (``--import-mode=importlib``) registers every ``conftest.py`` and the test
+packages it collects under their own names, so ``from tests.conftest import ...`` and ``from tests.<pkg>.<module>
+import ...`` resolve to this suite even when another distribution's top-level ``tests`` package (torch-fidelity
+installs one) owns the name ``tests``. A plain module directly under ``tests/`` would not: what configs or
+several test packages import lives in :mod:`common.testing` (``tests/test_packaging.py`` checks both).
+"""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_every_config_parses(path: Path) -> None:
         base = REPO / "configs" / "clipmdc" / "demo.yaml"
         args = ["fit", "--config", str(base), "--config", str(path), "--print_config"]
     elif "model" not in cfg:
-        args = ["fit", "--config", str(path), "--model", "tests.cli_fixtures.TinySegModule",
+        args = ["fit", "--config", str(path), "--model", "common.testing.TinySegModule",
                 "--data", "common.data.DefectDataModule", "--data.reader", "common.data.FolderReader",
                 "--data.reader.root", ".", "--print_config"]
     with pytest.raises(SystemExit) as e:
@@ -53,7 +53,7 @@ def test_every_config_parses(path: Path) -> None:
 def test_fit_test_predict_smoke(tmp_path: Path, mvtec_root: Path) -> None:
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
-        "model:\n  class_path: tests.cli_fixtures.TinySegModule\n"
+        "model:\n  class_path: common.testing.TinySegModule\n"
         "data:\n  class_path: common.data.DefectDataModule\n  init_args:\n"
         "    image_size: 16\n    batch_size: 4\n    num_workers: 0\n    split: random\n"
         f"    reader:\n      class_path: common.data.MVTecReader\n      init_args:\n        root: {mvtec_root}\n"

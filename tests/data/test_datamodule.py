@@ -132,7 +132,7 @@ def test_regime_switches(mvtec_root: Path) -> None:
 def test_link_arguments_can_read_the_vocabulary(mvtec_root: Path) -> None:
     from jsonargparse import ArgumentParser
 
-    from tests.cli_fixtures import TinySegModule
+    from common.testing import TinySegModule
 
     parser = ArgumentParser()
     parser.add_class_arguments(DefectDataModule, "data")

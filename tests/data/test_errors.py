@@ -104,7 +104,7 @@ def test_cli_reports_data_errors_in_one_line(tmp_path: Path) -> None:
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
-        "model:\n  class_path: tests.cli_fixtures.TinySegModule\n"
+        "model:\n  class_path: common.testing.TinySegModule\n"
         "data:\n  class_path: common.data.DefectDataModule\n  init_args:\n    num_workers: 0\n"
         "    reader:\n      class_path: common.data.MVTecReader\n"
         f"      init_args:\n        root: {tmp_path / 'absent'}\n"

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.encoders.tiny_clip import register_tiny_clip
+from common.testing import register_tiny_clip
 
 
 @pytest.fixture(scope="session")
