@@ -64,8 +64,8 @@ def build_model(preset: str, device: torch.device) -> Any:
 
     unet = DiffusionUNet(preset)
     d = unet.context_dim
-    return Stage1Model(unet, captioner=ImplicitCaptioner(in_dim=512 if preset == "sd15" else 64, out_dim=d,
-                                                          hidden_dim=256 if preset == "sd15" else 32)).to(device)
+    captioner = ImplicitCaptioner(in_dim=512 if preset == "sd15" else 64, out_dim=d, hidden_dim=256 if preset == "sd15" else 32)
+    return Stage1Model(unet, captioner=captioner, scaling_factor=0.18215).to(device)  # latent inputs, SD's VAE scale
 
 
 def measure(preset: str, batch: int, steps: int, warmup: int, compile_: bool, checkpointing: bool,

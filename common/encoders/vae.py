@@ -5,8 +5,8 @@ back. Encoding is split in two so that latents can be precomputed once and sampl
 
 * :meth:`FrozenVAE.encode_moments`: the diagonal Gaussian's parameters ``(B, 2C, h, w)`` (mean and log-variance,
   what diffusers' ``DiagonalGaussianDistribution`` takes), deterministic;
-* :meth:`FrozenVAE.sample_latents`: ``scaling_factor * (mean + std * eps)`` with an optional generator
-  (``sample=False`` takes the mean).
+* :func:`sample_latents`: ``scaling_factor * (mean + std * eps)`` with an optional generator
+  (``sample=False`` takes the mean); :meth:`FrozenVAE.sample_latents` applies it with the VAE's own factor.
 
 Weights come from a local folder or a hub id (``from_pretrained(path_or_id, subfolder="vae")``; users with
 internet), or from a random tiny preset (tests, CPU smoke runs: no weights at all).
@@ -51,6 +51,31 @@ SD_VAE_CONFIG: dict[str, Any] = {
 }
 
 PRESETS = {"tiny": TINY_VAE_CONFIG, "sd": SD_VAE_CONFIG}
+
+
+def sample_latents(
+    moments: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None, sample: bool = True
+) -> torch.Tensor:
+    """Scaled latents from the VAE posterior's parameters: ``scaling_factor * (mean + std * eps)``.
+
+    The one implementation: fresh moments (:meth:`FrozenVAE.encode_moments`) and precomputed ones (latent
+    shards, possibly without a VAE in the process) go through it alike.
+
+    Args:
+        moments: ``(B, 2C, h, w)`` mean and log-variance, unscaled.
+        scaling_factor: The VAE's latent scale (0.18215 for SD 1.x).
+        generator: Random generator for the draw (``None``: the global RNG).
+        sample: Draw from the distribution; ``False`` takes its mean.
+
+    Returns:
+        ``(B, C, h, w)`` float32 latents times ``scaling_factor``.
+    """
+    mean, logvar = moments.float().chunk(2, dim=1)  # (B, C, h, w) each
+    if not sample:
+        return mean * scaling_factor
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as diffusers' DiagonalGaussianDistribution
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * eps) * scaling_factor
 
 
 class FrozenVAE(nn.Module):
@@ -124,22 +149,9 @@ class FrozenVAE(nn.Module):
     def sample_latents(
         self, moments: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
     ) -> torch.Tensor:
-        """Draws scaled latents from :meth:`encode_moments` output.
-
-        Args:
-            moments: ``(B, 2C, h, w)``.
-            generator: Random generator for the draw (``None``: the global RNG).
-            sample: Draw from the distribution; ``False`` takes its mean.
-
-        Returns:
-            ``(B, C, h, w)`` float32 latents times ``scaling_factor``.
-        """
-        mean, logvar = moments.float().chunk(2, dim=1)  # (B, C, h, w) each
-        if not sample:
-            return mean * self.scaling_factor
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as diffusers' DiagonalGaussianDistribution
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return (mean + std * eps) * self.scaling_factor
+        """Draws scaled latents from :meth:`encode_moments` output (:func:`sample_latents` with this VAE's
+        ``scaling_factor``)."""
+        return sample_latents(moments, self.scaling_factor, generator, sample)
 
     def encode(
         self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True

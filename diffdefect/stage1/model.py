@@ -22,7 +22,7 @@ from torch import nn
 from common.data.image_text import ImageTextBatch
 from common.encoders.image import ImageEncoder
 from common.encoders.text import TextEncoder
-from common.encoders.vae import FrozenVAE
+from common.encoders.vae import FrozenVAE, sample_latents
 from diffdefect.stage1.captioner import ImplicitCaptioner
 from diffdefect.stage1.conditioning import ConditioningMixer
 from diffdefect.stage1.schedule import NoiseSchedule
@@ -145,6 +145,8 @@ class Stage1Model(nn.Module):
         conditioning: Real/pseudo mixing and context layout (default: p = 0.5, one-token context, no CFG
             dropout).
         sample_posterior: Sample the VAE posterior (True, as SD training) or take its mean.
+        scaling_factor: Latent scale of the VAE that encoded the latents. ``None`` takes the VAE's; required
+            without a VAE (training on latent shards only: 0.18215 for shards written with SD 1.x's VAE).
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class Stage1Model(nn.Module):
         schedule: NoiseSchedule | None = None,
         conditioning: ConditioningMixer | None = None,
         sample_posterior: bool = True,
+        scaling_factor: float | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -181,6 +184,12 @@ class Stage1Model(nn.Module):
             raise ValueError(f"image encoder gives {image_encoder.embed_dim}-d embeddings, captioner takes {captioner.in_dim}")
         if self.conditioning.context == "sequence" and text_encoder is not None and not hasattr(text_encoder, "encode_text"):
             raise ValueError("the 'sequence' context needs a text encoder with token outputs (CLIPTextEncoder)")
+        if vae is None and scaling_factor is None:
+            raise ValueError("without a VAE give scaling_factor: the latent scale of the VAE that wrote the latent "
+                             "shards (0.18215 for SD 1.x)")
+        if vae is not None and scaling_factor is not None and float(scaling_factor) != vae.scaling_factor:
+            raise ValueError(f"scaling_factor {scaling_factor} differs from the VAE's {vae.scaling_factor}")
+        self.scaling_factor = float(vae.scaling_factor if vae is not None else scaling_factor)
 
     @property
     def context_dim(self) -> int:
@@ -217,13 +226,8 @@ class Stage1Model(nn.Module):
         x = batch if isinstance(batch, Stage1Inputs) else self.encode_inputs(batch)
         b = x.latent_moments.shape[0]
         device = x.latent_moments.device
-        # 1. VAE posterior sample (on precomputed moments exactly as on fresh ones)
-        if self.vae is not None:
-            z0 = self.vae.sample_latents(x.latent_moments, generator, self.sample_posterior)  # (B, C, h, w)
-        else:
-            mean, logvar = x.latent_moments.chunk(2, dim=1)
-            eps = torch.randn(mean.shape, generator=generator, device=device)
-            z0 = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps if self.sample_posterior else mean
+        # 1. VAE posterior sample, scaled (on precomputed moments exactly as on fresh ones, with or without a VAE)
+        z0 = sample_latents(x.latent_moments, self.scaling_factor, generator, self.sample_posterior)  # (B, C, h, w)
         # 2. implicit captioner and real/pseudo conditioning
         pseudo = self.captioner(x.image_embedding)  # (B, D) t_imp
         cond = self.conditioning(x.text, pseudo, x.has_text, x.text_tokens, x.text_mask, generator, train)

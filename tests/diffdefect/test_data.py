@@ -101,3 +101,30 @@ def test_pixel_shards_stream_like_the_manifest(demo_manifest: Path, tmp_path: Pa
     shard_images = torch.cat([b.image for b in dm.train_dataloader()])
     ref = ImageTextDataModule(str(demo_manifest), image_size=16, batch_size=6, num_workers=0, shuffle=False)
     torch.testing.assert_close(shard_images, torch.cat([b.image for b in ref.train_dataloader()]))
+
+
+def test_latent_shards_without_a_vae_give_the_pixel_loss_with_the_sd_scaling_factor(demo_manifest: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Training on latent shards with no VAE in the process sees the latents pixel training sees: scaled by
+    the VAE's ``scaling_factor`` (SD's 0.18215, not the tiny preset's 1.0, so a missing scale shows)."""
+    from common.encoders import TimmImage, TinyText
+    from common.encoders.vae import FrozenVAE
+
+    vae = FrozenVAE(preset="tiny", scaling_factor=0.18215)
+    text, image = TinyText(32), TimmImage("test_vit", image_size=32, layers=[2])
+    precompute(str(demo_manifest), tmp_path, vae, text, image, image_size=16, batch_size=8, num_workers=0,
+               dtype="float32")
+    torch.manual_seed(0)
+    pixel_model = Stage1Model(DiffusionUNet("tiny"), vae, text, image, ImplicitCaptioner(64, 32, 32))
+    latent_model = Stage1Model(pixel_model.unet, captioner=pixel_model.captioner, scaling_factor=0.18215)
+    pb = next(iter(ImageTextDataModule(str(demo_manifest), image_size=16, batch_size=8, num_workers=0,
+                                       shuffle=False).train_dataloader()))
+    lb = next(iter(ImageTextDataModule(str(tmp_path), mode="latents", batch_size=8, num_workers=0,
+                                       shuffle=False).train_dataloader()))
+    assert pb.caption == lb.caption and lb.image is None
+    a = Stage1Loss()(pixel_model(pb, torch.Generator().manual_seed(3)))
+    b = Stage1Loss()(latent_model(lb, torch.Generator().manual_seed(3)))
+    for k in ("diff", "imp", "total"):
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="scaling_factor"):
+        Stage1Model(pixel_model.unet, captioner=pixel_model.captioner)  # no VAE and no scale: refuse to guess
