@@ -17,7 +17,7 @@ on the test images with defects. Sources, all frozen, on the same seeded Magneti
 * ``diffusion_random_vae`` / ``diffusion_trained_vae``: :class:`~diffdefect.stage2.extractor.DiffusionFeatures`
   of the small stage-1 U-Net of :mod:`benchmarks.stage2` (untrained: what stage-1 training adds is the stage-2
   benchmark's control) on each VAE;
-* ``efficientnet``: :class:`~common.encoders.features.EfficientNetFeatures` (ImageNet Lite0, four levels).
+* ``efficientnet``: :class:`~common.encoders.image.EfficientNetFeatures` (ImageNet Lite0, four levels).
 
 Writes ``benchmarks/results/feature_probe.json`` (``feature_probe_quick.json`` with ``--quick``).
 """
@@ -138,11 +138,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = MiniLMText()
     image_encoder = TimmImage("efficientnet_lite0", weights="efficientnet_lite0_package", layers=[4])
 
-    def diffusion(vae: FrozenVAE) -> DiffusionFeatures:
+    def maps(encoder: Any) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        return lambda x: encoder(x, embedding=False).tokens  # the frozen-feature interface's maps
+
+    def diffusion(vae: FrozenVAE) -> Callable[[torch.Tensor], list[torch.Tensor]]:
         unet = DiffusionUNet("tiny", overrides={**s2.SMALL_UNET, "sample_size": size // 2}, seed=0)
         captioner = ImplicitCaptioner(image_encoder.embed_dim, 384, 256)
-        return DiffusionFeatures(stage1=Stage1Model(unet, vae, text, image_encoder, captioner).eval(),
-                                 timestep=50, blocks="up", vae_levels=0)
+        return maps(DiffusionFeatures(stage1=Stage1Model(unet, vae, text, image_encoder, captioner).eval(),
+                                      timestep=50, blocks="up", vae_levels=0))
 
     def latents(vae: FrozenVAE) -> Callable[[torch.Tensor], list[torch.Tensor]]:
         return lambda x: [vae.sample_latents(vae.encode_moments(x), sample=False)]
@@ -153,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "vae_trained": latents(vae_trained),
         "diffusion_random_vae": diffusion(random_vae),
         "diffusion_trained_vae": diffusion(vae_trained),
-        "efficientnet": EfficientNetFeatures("efficientnet_lite0", weights="efficientnet_lite0_package"),
+        "efficientnet": maps(EfficientNetFeatures("efficientnet_lite0", weights="efficientnet_lite0_package")),
     }
     results = {}
     for name, extract in sources.items():

@@ -23,7 +23,7 @@ Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.met
    * ``diffusion``: :class:`~diffdefect.stage2.extractor.DiffusionFeatures` of the stage-1 model (t = 50,
      implicit-captioner conditioning, up-block levels at strides 2/4/8/16; ``vae_levels=0`` because the tiny
      VAE's decoder level would sit at stride 1 and quadruple the head's cost);
-   * ``efficientnet``: :class:`~common.encoders.features.EfficientNetFeatures` (ImageNet Lite0, strides 4/8/16/32).
+   * ``efficientnet``: :class:`~common.encoders.image.EfficientNetFeatures` (ImageNet Lite0, strides 4/8/16/32).
 
    Trained on the base classes only (training images showing a novel class are dropped), tested on all classes
    with the novel ones given only as names. Few-shot: at most ``--shots`` training images per class (the

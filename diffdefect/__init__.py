@@ -9,7 +9,7 @@ features under a Mask2Former head whose masks are classified by dot products wit
 names given in words (open vocabulary).
 """
 
-from common.encoders.features import EfficientNetFeatures, FeatureExtractor
+from common.encoders.image import EfficientNetFeatures, FeatureExtractor
 from diffdefect.stage1.captioner import ImplicitCaptioner
 from diffdefect.stage1.conditioning import ConditioningMixer
 from diffdefect.stage1.ema import EMA

@@ -1,4 +1,5 @@
-"""Frozen image/text encoders behind one small interface, shared by both model families.
+"""Frozen image/text encoders behind small interfaces shared by both model families: one for images and
+feature maps (:class:`ImageEncoder`), one for text (:class:`TextEncoder`).
 
 Nothing here imports ``clipmdc`` or ``diffdefect``.
 """
@@ -6,13 +7,22 @@ Nothing here imports ``clipmdc`` or ``diffdefect``.
 from common.encoders.backbone import TimmBackbone, create_timm_model
 from common.encoders.clip_text import CLIPTextEncoder
 from common.encoders.frozen import FrozenEncoder
-from common.encoders.image import ImageEncoder, ImageFeatures, OpenCLIPImage, TimmImage
+from common.encoders.image import (
+    EfficientNetFeatures,
+    FeatureExtractor,
+    ImageEncoder,
+    ImageFeatures,
+    OpenCLIPImage,
+    TimmImage,
+)
 from common.encoders.open_clip_loader import load_open_clip, save_open_clip
 from common.encoders.text import MiniLMText, OpenCLIPText, TextEncoder, TinyText
 from common.encoders.vae import FrozenVAE
 
 __all__ = [
     "CLIPTextEncoder",
+    "EfficientNetFeatures",
+    "FeatureExtractor",
     "FrozenVAE",
     "FrozenEncoder",
     "ImageEncoder",

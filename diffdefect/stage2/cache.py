@@ -2,7 +2,7 @@
 
 The extractors are deterministic (the diffusion one uses one fixed, seeded noise map), so an image's features
 are a function of its pixels: the key is a SHA-1 of the image tensor's bytes plus the extractor's
-:meth:`~common.encoders.features.FeatureExtractor.cache_key` (checkpoint, timestep, seed, levels...). Keying on the
+:meth:`~common.encoders.image.ImageEncoder.cache_key` (checkpoint, timestep, seed, levels...). Keying on the
 content rather than the file path keeps augmentation correct: a flipped image is another key (with flips, an
 image has at most four variants, all cached after a few epochs).
 

@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from common.encoders.features import FeatureExtractor
 from common.encoders.frozen import FrozenEncoder
+from common.encoders.image import ImageEncoder, ImageFeatures
 from common.encoders.text import TextEncoder
 from diffdefect.stage1.model import Stage1Model
 from diffdefect.stage1.presets import tiny_stage1
@@ -50,8 +50,11 @@ BLOCKS = ("up", "down")
 CONDITIONS = ("pseudo", "null")
 
 
-class DiffusionFeatures(FeatureExtractor):
-    """Frozen multi-scale features of a stage-1 model (see the module docstring for what is computed).
+class DiffusionFeatures(ImageEncoder):
+    """Frozen multi-scale features of a stage-1 model (see the module docstring for what is computed), behind
+    the one frozen-feature interface (:class:`~common.encoders.image.ImageEncoder`): the maps are the
+    ``tokens``; the global ``embedding`` is the stage-1 image encoder's (what the implicit captioner reads), so
+    CLIP-MDC can take these features as its image encoder too.
 
     Where the stage-1 model comes from (first that applies):
 
@@ -123,8 +126,10 @@ class DiffusionFeatures(FeatureExtractor):
         block_out = [int(c) for c in unet_cfg.block_out_channels]
         unet_ch = block_out  # level i (fine -> coarse) has block_out[i] channels on both sides
         unet_st = [f * 2**i for i in range(n)]
-        self.channels = vae_ch + unet_ch
-        self.strides = vae_st + unet_st
+        self.feature_dims = vae_ch + unet_ch
+        self.feature_strides = vae_st + unet_st
+        self.embed_dim = int(stage1.image_encoder.embed_dim)
+        self.image_size = None
 
     @staticmethod
     def _vae_stride(j: int, f: int, n_blocks: int) -> int:
@@ -157,13 +162,21 @@ class DiffusionFeatures(FeatureExtractor):
             self._noise[key] = torch.randn((1, *shape), generator=g)
         return self._noise[key].to(device)
 
-    def context(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The cross-attention context ``(B, L, D)`` (and mask) of each image: pseudo text or null."""
+    def context(self, image: torch.Tensor, image_embedding: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cross-attention context ``(B, L, D)`` (and mask) of each image: pseudo text or null.
+
+        Args:
+            image: ``(B, 3, H, W)`` in [0, 1].
+            image_embedding: ``(B, D_v)`` stage-1 image-encoder embeddings of ``image`` when already computed.
+        """
         m = self.model
         b = image.shape[0]
         if self.condition == "null":
             return m.conditioning.null_context(b, m.context_dim, 0, image.device)
-        pseudo = m.captioner(m.image_encoder(image).embedding.float())  # (B, D) t_imp
+        if image_embedding is None:
+            image_embedding = m.image_encoder(image).embedding.float()  # (B, D_v)
+        pseudo = m.captioner(image_embedding)  # (B, D) t_imp
         if m.conditioning.context == "sequence":  # no token states for an image: the vector alone
             tokens = pseudo.new_zeros(b, 0, pseudo.shape[-1])
             return m.conditioning.build(pseudo, tokens, torch.zeros(b, 0, dtype=torch.bool, device=image.device))
@@ -217,14 +230,25 @@ class DiffusionFeatures(FeatureExtractor):
         return out[::-1]
 
     # ------------------------------------------------------------------ the pass
-    def extract(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """Unchanged: the VAE and the stage-1 image encoder each normalise for themselves."""
+        return image
+
+    def _features(self, image: torch.Tensor, embedding: bool = True) -> ImageFeatures:
+        h, w = image.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"image sides {h}x{w} must be multiples of {self.size_multiple} (the coarsest feature "
+                             "stride)")
         m = self.model
         b = image.shape[0]
+        emb = None
+        if embedding or self.condition == "pseudo":
+            emb = m.image_encoder(image).embedding.float()  # (B, D_v) what the captioner reads
         z0 = m.vae.sample_latents(m.vae.encode_moments(image), sample=False)  # (B, C, h, w) posterior mean
         t = torch.full((b,), self.timestep, dtype=torch.long, device=image.device)
         noise = self.fixed_noise(tuple(z0.shape[1:]), image.device).expand_as(z0)  # (B, C, h, w)
         zt = m.schedule.add_noise(z0, noise, t)  # (B, C, h, w)
-        context, ctx_mask = self.context(image)  # (B, L, D)
+        context, ctx_mask = self.context(image, emb)  # (B, L, D)
         store: list[torch.Tensor | None] = [None] * len(m.unet.net.up_blocks)
         with self._collect(store):
             pred = m.unet(zt, t, context, ctx_mask)  # (B, C, h, w) epsilon or velocity
@@ -236,4 +260,4 @@ class DiffusionFeatures(FeatureExtractor):
             else:
                 x0 = abar.sqrt() * zt - (1 - abar).sqrt() * pred
             levels = self.decoder_levels(x0) + levels
-        return levels
+        return ImageFeatures(tokens=levels, embedding=emb if embedding else None)

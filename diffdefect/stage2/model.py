@@ -1,7 +1,8 @@
 """``Stage2Model``: frozen features -> Mask2Former head -> open-vocabulary class logits, one typed output.
 
-Parts (injected, so YAML chooses them): a frozen :class:`~common.encoders.features.FeatureExtractor`
-(:class:`~diffdefect.stage2.extractor.DiffusionFeatures` or :class:`~common.encoders.features.EfficientNetFeatures`),
+Parts (injected, so YAML chooses them): a frozen extractor behind the one frozen-feature interface,
+:class:`~common.encoders.image.ImageEncoder` (:class:`~diffdefect.stage2.extractor.DiffusionFeatures`, the paper's,
+or any frozen backbone: :class:`~common.encoders.image.EfficientNetFeatures`, :class:`~common.encoders.TimmImage`),
 the trainable :class:`~diffdefect.stage2.head.Mask2FormerHead` built here from a preset for the extractor's
 levels (the head's input widths are a property of the extractor, so YAML gives the preset and overrides, not
 the head object), the :class:`~diffdefect.stage2.classifier.OpenVocabClassifier` (learnable tau and void embedding;
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.encoders.features import FeatureExtractor
+from common.encoders.image import ImageEncoder
 from diffdefect.stage2.cache import FeatureCache
 from diffdefect.stage2.classifier import OpenVocabClassifier
 from diffdefect.stage2.head import Mask2FormerHead, head_config
@@ -57,7 +58,7 @@ class Stage2Model(nn.Module):
 
     def __init__(
         self,
-        extractor: FeatureExtractor,
+        extractor: ImageEncoder,
         head: str = "full",
         head_overrides: dict[str, Any] | None = None,
         classifier: OpenVocabClassifier | None = None,
@@ -74,19 +75,27 @@ class Stage2Model(nn.Module):
         self.classifier = classifier
         self.head_preset = head
         cfg = head_config(head, **(head_overrides or {}))
-        self.head = Mask2FormerHead(extractor.channels, extractor.strides, classifier.embed_dim, **cfg)
+        self.head = Mask2FormerHead(extractor.feature_dims, extractor.feature_strides, classifier.embed_dim, **cfg)
         self.cache = cache
 
     @property
     def mask_stride(self) -> int:
         """Pixel stride of ``pred_masks``."""
-        return int(self.extractor.strides[0])
+        return int(self.extractor.feature_strides[0])
+
+    def extract(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The extractor's maps ``[(B, C_l, H / s_l, W / s_l)]``, float32, without its global embedding."""
+        m = self.extractor.size_multiple
+        if image.shape[-2] % m or image.shape[-1] % m:
+            raise ValueError(f"image sides {tuple(image.shape[-2:])} must be multiples of {m} (the coarsest "
+                             "feature stride)")
+        return [f.float() for f in self.extractor(image, embedding=False).tokens]
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Frozen features ``[(B, C_l, H / s_l, W / s_l)]`` (from the cache when one is set)."""
         if self.cache is None:
-            return self.extractor(image)
-        return self.cache.get_or_compute(image, self.extractor, self.extractor.cache_key())
+            return self.extract(image)
+        return self.cache.get_or_compute(image, self.extract, self.extractor.cache_key())
 
     def forward(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> Stage2Output:
         """Masks and class logits for a vocabulary.

@@ -38,7 +38,7 @@ def model(extractor: DiffusionFeatures) -> Stage2Model:
 @pytest.mark.parametrize("vae_levels", [0, 1])
 def test_diffusion_levels_match_their_declared_channels_and_strides(blocks: str, vae_levels: int) -> None:
     ext = DiffusionFeatures(blocks=blocks, vae_levels=vae_levels)
-    feats = ext(torch.rand(2, 3, SIZE, SIZE))
+    feats = ext(torch.rand(2, 3, SIZE, SIZE)).tokens
     assert [f.shape[1] for f in feats] == ext.channels
     assert [SIZE // f.shape[-1] for f in feats] == ext.strides == ([1] * vae_levels + [2, 4])
     assert all(torch.isfinite(f).all() for f in feats)
@@ -46,11 +46,11 @@ def test_diffusion_levels_match_their_declared_channels_and_strides(blocks: str,
 
 def test_diffusion_features_are_deterministic_conditioned_and_frozen(extractor: DiffusionFeatures) -> None:
     x = torch.rand(2, 3, SIZE, SIZE)
-    a, b = extractor(x), extractor(x)
+    a, b = extractor(x).tokens, extractor(x).tokens
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))  # fixed noise: a function of the image
-    assert all(torch.allclose(u[:1], v, atol=1e-5) for u, v in zip(a, extractor(x[:1]), strict=True))  # per image
+    assert all(torch.allclose(u[:1], v, atol=1e-5) for u, v in zip(a, extractor(x[:1]).tokens, strict=True))  # per image
     null = DiffusionFeatures(condition="null")
-    assert not torch.allclose(null(x)[-1], a[-1])  # the pseudo-text condition matters
+    assert not torch.allclose(null(x).tokens[-1], a[-1])  # the pseudo-text condition matters
     assert extractor.state_dict() == {} and not any(p.requires_grad for p in extractor.parameters())
     extractor.train()
     assert not extractor.model.unet.training  # the frozen wrapper keeps eval mode
@@ -60,12 +60,36 @@ def test_diffusion_features_are_deterministic_conditioned_and_frozen(extractor: 
 
 def test_efficientnet_alternative_has_four_levels_and_nothing_to_save() -> None:
     ext = EfficientNetFeatures("test_efficientnet", weights=None, text_encoder=TinyText(32))
-    feats = ext(torch.rand(2, 3, 64, 64))
+    feats = ext(torch.rand(2, 3, 64, 64)).tokens
     assert ext.strides == [4, 8, 16, 32] and [f.shape[1] for f in feats] == ext.channels
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2] and ext.state_dict() == {}
     model = Stage2Model(ext, head="tiny")
     out = model(torch.rand(2, 3, 64, 64), model.classifier.encode_names(["good", "scratch"]))
     assert out.pred_masks.shape == (2, 8, 16, 16) and out.class_logits.shape == (2, 8, 3)
+
+
+def test_one_frozen_feature_interface_serves_both_families(extractor: DiffusionFeatures) -> None:
+    """The diffusion features are an ImageEncoder (maps + the stage-1 image embedding), so CLIP-MDC takes them
+    as its image encoder; any frozen timm backbone serves stage 2 through the same door."""
+    from clipmdc.model import CLIPMDC
+    from common.encoders import ImageEncoder, TimmImage
+
+    x = torch.rand(2, 3, SIZE, SIZE)
+    feats = extractor(x)
+    assert isinstance(extractor, ImageEncoder) and extractor.feature_dims == [f.shape[1] for f in feats.tokens]
+    torch.testing.assert_close(feats.embedding, extractor.model.image_encoder(x).embedding)
+    assert extractor(x, embedding=False).embedding is None
+    assert all(torch.equal(u, v) for u, v in zip(feats.tokens, extractor(x, embedding=False).tokens, strict=True))
+    torch.manual_seed(0)
+    clip = CLIPMDC(image_encoder=extractor, text_encoder=TinyText(32), adapter_hidden=16, decoder_width=8)
+    out = clip(x)
+    assert out.anomaly_map.shape == (2, 1, SIZE, SIZE) and torch.isfinite(out.anomaly_map).all()
+    (out.anomaly_map.mean() + out.image_score.mean()).backward()
+    assert all(p.grad is None for p in extractor.parameters())  # frozen: no gradient reaches it
+    timm = TimmImage("test_efficientnet", layers=(1, 2))
+    stage2 = Stage2Model(timm, head="tiny", classifier=OpenVocabClassifier(32, TinyText(32)))
+    out2 = stage2(torch.rand(2, 3, SIZE, SIZE), stage2.classifier.encode_names(["good", "scratch"]))
+    assert out2.pred_masks.shape == (2, 8, SIZE // 4, SIZE // 4) and stage2.mask_stride == 4
 
 
 def test_forward_shapes_and_gradients_reach_exactly_the_trainable_parameters(model: Stage2Model) -> None:
@@ -123,7 +147,7 @@ def test_feature_cache_skips_the_extractor_and_returns_the_same_features(extract
 
     def counting(x: torch.Tensor) -> list[torch.Tensor]:
         calls.append(len(x))
-        return extractor(x)
+        return extractor(x).tokens
 
     x = torch.rand(3, 3, SIZE, SIZE)
     key = extractor.cache_key()
@@ -143,7 +167,7 @@ def test_stage1_checkpoint_loads_its_ema_weights_frozen(stage1_ckpt: Path) -> No
     state = torch.load(stage1_ckpt, weights_only=False)
     w = "unet.net.conv_in.weight"
     torch.testing.assert_close(ext.model.state_dict()[w], state["ema"]["shadow"][w])
-    assert ext.state_dict() == {} and ext(torch.rand(1, 3, 16, 16))[0].shape == (1, 16, 16, 16)
+    assert ext.state_dict() == {} and ext(torch.rand(1, 3, 16, 16)).tokens[0].shape == (1, 16, 16, 16)
     with pytest.raises(FileNotFoundError, match="stage-1 checkpoint"):
         DiffusionFeatures(stage1_checkpoint=stage1_ckpt.parent / "missing.ckpt")
 
