@@ -9,7 +9,7 @@ Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.met
 1. Splits: Magnetic Tile, seeded stratified 60/20/20 (``DefectDataModule(split="random")``); NEU-Seg, its own
    train/test splits. Images resized to ``--image-size`` (96 px).
 2. Stage 1 (the foundation model), trained once on the image-text manifest of the *training* images of both
-   datasets (templated captions from :mod:`diffdefect.stage1.captions`; every class, as IMDD-1M pools these data sets;
+   datasets (templated captions from :mod:`common.data.captions`; every class, as IMDD-1M pools these data sets;
    no test image): a small 4-level U-Net (32/64/128/128 channels, cross-attention at the two middle levels,
    6.2M parameters, 384-d context), the real offline encoders (MiniLM text, EfficientNet-Lite0 image embedding
    for the implicit captioner) and the tiny 2x VAE, for ``--stage1-steps`` steps of batch 16. No VAE weights
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "novel classes are never seen by the head (training images showing them are dropped); stage 1 "
                     "saw their training images and captions, as the paper's IMDD-1M contains these datasets",
                     "efficientnet_captions: caption-only supervision (class-agnostic defect masks, pseudo-labels from "
-                    "the nouns of the templated captions of diffdefect.stage1.captions, as these data sets have no captions "
+                    "the nouns of the templated captions of common.data.captions, as these data sets have no captions "
                     "of their own, plus the grounding loss) on the same features as efficientnet",
                 ],
             }

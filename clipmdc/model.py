@@ -36,6 +36,7 @@ from clipmdc.prompts import PromptBank, Prompts
 from common.encoders.backbone import TimmBackbone
 from common.encoders.image import ImageEncoder
 from common.encoders.text import TextEncoder
+from common.prompts import prompt_ensemble
 
 EVIDENCE = 2  # evidence channels per layer: log-softmax over (normal, anomalous)
 
@@ -172,12 +173,9 @@ class CLIPMDC(nn.Module):
         """Embeds the prompts of the current vocabulary now (the mean prompt embedding per class)."""
         p = self.prompts
         groups = [g for per_object in p.per_class for g in per_object] + p.anomalous
-        flat = [s for g in groups for s in g]
         # Ordinary tensors even when called inside inference_mode (a test loop): usable in training later.
+        means = prompt_ensemble(self.text_encoder, groups)  # (groups, D)
         with torch.inference_mode(False), torch.no_grad():
-            emb = self.text_encoder.encode(flat)  # (N, D), unit rows
-            sizes = [len(g) for g in groups]
-            means = torch.stack([F.normalize(c.mean(0), dim=-1) for c in emb.split(sizes)])  # (groups, D)
             n_obj, n_cls = len(p.object_names), len(p.defect_types)
             self.class_text = means[: n_obj * n_cls].reshape(n_obj, n_cls, -1).clone()  # (O, K+1, D)
             self.anomaly_text = means[n_obj * n_cls :].clone()  # (O, D)

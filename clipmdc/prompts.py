@@ -10,7 +10,8 @@ object, a list of prompts = every template filled with every state phrase of tha
 
 The model embeds the prompts once per vocabulary (mean of the unit prompt embeddings per class, renormalised)
 into non-persistent buffers; see :meth:`clipmdc.model.CLIPMDC.set_vocabulary`. Everything here is plain
-Python: no tensors, no encoder.
+Python: no tensors, no encoder. The filling and the ensemble embedding are the mechanism both families share
+(:mod:`common.prompts`); ``readable`` and ``normalize_vocabulary`` are :mod:`common.data.vocabulary`'s.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.data.types import NORMAL
+from common.data.vocabulary import normalize_vocabulary, readable
+from common.prompts import fill_templates
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -58,23 +61,6 @@ DEFECT_STATES: tuple[str, ...] = (
     "defective {o} showing {d}",
 )
 """State phrases of a named defect type; ``{d}`` = defect-type name."""
-
-
-def readable(name: str) -> str:
-    """Dataset folder names to words: ``"broken_large"`` -> ``"broken large"``."""
-    return " ".join(name.replace("_", " ").replace("-", " ").split())
-
-
-def normalize_vocabulary(defect_types: Sequence[str]) -> list[str]:
-    """Puts :data:`~common.data.types.NORMAL` at index 0 (added when missing); removes duplicates.
-
-    Raises:
-        ValueError: ``"good"`` appears at another index (ids would silently shift).
-    """
-    names = list(dict.fromkeys(defect_types))
-    if NORMAL in names and names[0] != NORMAL:
-        raise ValueError(f"the normal class {NORMAL!r} must be first in the vocabulary, got {names}")
-    return names if names and names[0] == NORMAL else [NORMAL, *names]
 
 
 @dataclass
@@ -129,7 +115,7 @@ class PromptBank:
 
     def _fill(self, states: Sequence[str], obj: str, defect: str = "") -> list[str]:
         phrases = [s.replace("{o}", readable(obj)).replace("{d}", readable(defect)) for s in states]
-        return [t.format(p) for p in phrases for t in self.templates]
+        return fill_templates(self.templates, phrases)
 
     def class_prompts(self, defect_type: str, object_name: str) -> list[str]:
         """Prompts of one class for one object (normal phrases for ``"good"``)."""

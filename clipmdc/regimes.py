@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from common.data.types import DefectBatch
+from common.data.vocabulary import remap_ids
 
 REGIMES = ("supervised", "weakly_supervised", "normal_only")
 
@@ -33,18 +34,15 @@ def check_regime(regime: str) -> str:
 
 
 def remap_type_ids(batch: DefectBatch, mapping: torch.Tensor | None) -> DefectBatch:
-    """Maps data vocabulary ids to model vocabulary ids (``mapping[data_id] = model_id`` or ``-1``).
+    """Maps data vocabulary ids to model vocabulary ids (``mapping[data_id] = model_id`` or ``-1``) with
+    :func:`common.data.vocabulary.remap_ids`.
 
     ``None`` returns the batch unchanged (same vocabulary). Negative ids stay as they are.
     """
     if mapping is None:
         return batch
-    mapping = mapping.to(batch.defect_type_id.device)
-
-    def apply(ids: torch.Tensor) -> torch.Tensor:
-        return torch.where(ids >= 0, mapping[ids.clamp(min=0, max=len(mapping) - 1)], ids)
-
-    return replace(batch, defect_type_id=apply(batch.defect_type_id), class_mask=apply(batch.class_mask))
+    return replace(batch, defect_type_id=remap_ids(batch.defect_type_id, mapping),
+                   class_mask=remap_ids(batch.class_mask, mapping))
 
 
 def prepare_training_batch(

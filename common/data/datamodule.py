@@ -50,6 +50,8 @@ class DefectDataModule(L.LightningDataModule):
         vocabulary: Defect-type names, replacing the ones found in the data (``"good"`` is put first when
             missing). Use it to add names the data does not have, e.g. for open-vocabulary tests.
         predict_reader: Reader of the images to predict on; ``None`` predicts on the test split.
+        captions: ``"given"`` (the dataset's captions, ``None`` where it has none) or ``"templated"`` (missing
+            ones written from the labels and mask, :func:`common.data.captions.caption_for`).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class DefectDataModule(L.LightningDataModule):
         extra_train_transforms: list[A.BasicTransform] | None = None,
         vocabulary: list[str] | None = None,
         predict_reader: Reader | None = None,
+        captions: str = "given",
     ) -> None:
         super().__init__()
         for name, value, allowed in (
@@ -79,6 +82,7 @@ class DefectDataModule(L.LightningDataModule):
             ("val_from", val_from, ("train", "test")),
             ("train_filter", train_filter, ("all", "normal")),
             ("few_shot_per", few_shot_per, ("defect_type", "object_defect")),
+            ("captions", captions, ("given", "templated")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -100,6 +104,7 @@ class DefectDataModule(L.LightningDataModule):
         self.extra_train_transforms = extra_train_transforms
         self._vocabulary_override = vocabulary
         self.predict_reader = predict_reader
+        self.captions = captions
         self._splits: dict[str, list[SampleRecord]] | None = None
 
     # ----------------------------------------------------------------- vocabulary (for link_arguments)
@@ -162,7 +167,8 @@ class DefectDataModule(L.LightningDataModule):
             self.augment if train else "none",
             self.extra_train_transforms if train else None,
         )
-        return DefectDataset(records, self.vocabulary, self.object_names, transform, drop_masks=train and self.weak_labels)
+        return DefectDataset(records, self.vocabulary, self.object_names, transform, drop_masks=train and self.weak_labels,
+                             template_captions=self.captions == "templated")
 
     def dataset(self, stage: str) -> DefectDataset:
         """The dataset of ``stage`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.data.captions import caption_for
 from common.data.io import load_sample
 from common.data.types import NORMAL, DefectBatch, SampleRecord
 
@@ -33,6 +35,8 @@ class DefectDataset(Dataset):
         object_names: Object names; unknown objects map to -1.
         transform: Joint albumentations transform taking ``image``, ``mask``, ``class_mask``.
         drop_masks: Serve no masks at all (weak supervision: image labels only).
+        template_captions: Write a caption from the labels and the (transformed) mask where the dataset has none
+            (:func:`common.data.captions.caption_for`).
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class DefectDataset(Dataset):
         object_names: Sequence[str],
         transform: Callable[..., dict[str, Any]] | None = None,
         drop_masks: bool = False,
+        template_captions: bool = False,
     ) -> None:
         if not vocabulary or vocabulary[0] != NORMAL:
             raise ValueError(f"vocabulary must start with {NORMAL!r}, got {list(vocabulary)[:3]}")
@@ -54,6 +59,7 @@ class DefectDataset(Dataset):
         self._obj_ids = {n: i for i, n in enumerate(self.object_names)}
         self.transform = transform
         self.drop_masks = drop_masks
+        self.template_captions = template_captions
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,6 +90,9 @@ class DefectDataset(Dataset):
             image, mask = out["image"], out["mask"]
             class_mask = out["class_mask"].astype(np.int64)
             class_mask[class_mask == _UNKNOWN_U8] = -1
+        caption = s.caption
+        if caption is None and self.template_captions:
+            caption = caption_for(replace(rec, is_anomalous=s.is_anomalous), np.asarray(mask) > 0.5).text
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
@@ -94,7 +103,7 @@ class DefectDataset(Dataset):
             "object_id": self._obj_ids.get(s.object_name, -1),
             "defect_type": s.defect_type,
             "object_name": s.object_name,
-            "caption": s.caption,
+            "caption": caption,
             "path": s.path,
             "index": index,
         }

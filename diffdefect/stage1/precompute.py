@@ -5,8 +5,8 @@ reads with ``--data.mode latents`` instead of pixels.
 MosaicML measured on-the-fly VAE/text encoding at about 1.4x the cost of training on precomputed latents; at
 IMDD-1M's 1.24M images x 100 epochs the encoders would otherwise run 124M times for the same numbers.
 
-The encoders are the ones the training config names (so the numbers are exactly what training would compute
-on the fly, :func:`diffdefect.stage1.model.encode_batch`); the moments (not a sample) are stored, so the VAE posterior
+The encoders are the ones the training config names (read with :mod:`common.config`, so the numbers are exactly
+what training would compute on the fly, :func:`diffdefect.stage1.model.encode_batch`); the moments (not a sample) are stored, so the VAE posterior
 is still sampled per step. Shard fields: ``latent.npy`` ``(2C, h, w)``, ``text.npy`` ``(D,)``, ``imgemb.npy``
 ``(D_v,)``, optionally ``tokens.npy`` ``(L, D)`` and ``tokmask.npy`` ``(L,)``, ``txt`` (caption), ``json``
 (object, defect type, has_text, source).
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from common.config import instantiate, load_config
 from common.data.image_text import ImageTextDataModule, ManifestImageText, collate_image_text, decode_sample
 from common.data.readers.manifest import ManifestReader
 from common.data.shards import ShardDataset, ShardWriter
@@ -39,39 +39,6 @@ from common.encoders.vae import FrozenVAE
 from diffdefect.stage1.model import encode_batch
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def _merge(base: Any, over: Any) -> Any:
-    """Deep merge of YAML dicts; a new ``class_path`` replaces the whole sub-config."""
-    if not isinstance(base, dict) or not isinstance(over, dict):
-        return over
-    if "class_path" in over and over.get("class_path") != base.get("class_path"):
-        return over
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base.get(k), v) if k in base else v
-    return out
-
-
-def load_config(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Merges stacked YAML configs (later ones win), as ``--config a --config b`` does."""
-    cfg: dict[str, Any] = {}
-    for p in paths:
-        cfg = _merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
-    return cfg
-
-
-def instantiate(spec: dict[str, Any] | None, base: type) -> Any:
-    """Builds ``{"class_path": ..., "init_args": {...}}`` (checked against ``base``) with jsonargparse."""
-    if spec is None:
-        return None
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(base, "obj", fail_untyped=False)
-    cfg = parser.parse_object({"obj": spec})
-    build = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
-    return build(cfg).obj
 
 
 def encoders_from_config(cfg: dict[str, Any]) -> tuple[FrozenVAE | None, TextEncoder | None, ImageEncoder | None, bool]:

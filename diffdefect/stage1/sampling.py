@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffdefect.stage1.captions import DEFECT_TERMS, LOCATIONS, SURFACES, readable
+from common.data.captions import DEFECT_TERMS, LOCATIONS, SURFACES
+from common.data.vocabulary import readable
 from diffdefect.stage1.checkpoint import load_stage1
 from diffdefect.stage1.model import Stage1Model
 

@@ -1,9 +1,9 @@
 """Open-vocabulary classification: category names -> text embeddings, and mask embeddings x text / tau.
 
-Prompts are data (this file): a category name becomes phrases through :data:`TEMPLATES` (defect names are first
-expanded with the inspection vocabulary of the stage-1 captions, :data:`diffdefect.stage1.captions.DEFECT_TERMS`, e.g.
-``"break" -> "edge break"``, so names are worded as stage 1 saw them); the background / defect-free class gets
-:data:`BACKGROUND_PROMPTS`. A class embedding is the normalised mean of its prompts' normalised embeddings from
+Prompts are data (this file; filled and ensembled by :mod:`common.prompts`, as CLIP-MDC's): a category name
+becomes phrases through :data:`TEMPLATES` (defect names are first expanded with the inspection vocabulary of the
+captions, :data:`common.data.captions.DEFECT_TERMS`, e.g. ``"break" -> "edge break"``, so names are worded as stage 1
+saw them); the background / defect-free class gets :data:`BACKGROUND_PROMPTS`. A class embedding is the normalised mean of its prompts' normalised embeddings from
 the frozen text encoder (CLIP in the paper; any :class:`~common.encoders.text.TextEncoder`).
 
 :class:`OpenVocabClassifier` scores ``(B, Q, D)`` mask embeddings against ``K`` class embeddings:
@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.data.captions import DEFECT_TERMS
 from common.data.types import NORMAL
+from common.data.vocabulary import readable
 from common.encoders.text import TextEncoder
-from diffdefect.stage1.captions import DEFECT_TERMS, readable
+from common.prompts import fill_templates, prompt_ensemble
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of {}.",
@@ -53,11 +55,11 @@ def class_prompts(name: str, templates: Sequence[str] = TEMPLATES,
     """The prompts of one class (background names get ``background_prompts``)."""
     if name.lower() in BACKGROUND_NAMES:
         return list(background_prompts)
-    return [t.format(class_phrase(name)) for t in templates]
+    return fill_templates(templates, [class_phrase(name)])
 
 
 def default_lexicon(names: Sequence[str] = ()) -> dict[str, str]:
-    """Phrase -> canonical name: every :data:`~diffdefect.stage1.captions.DEFECT_TERMS` phrase and key, plus ``names``
+    """Phrase -> canonical name: every :data:`~common.data.captions.DEFECT_TERMS` phrase and key, plus ``names``
     (e.g. a dataset's class names) in their readable form."""
     lexicon = {k: k for k in DEFECT_TERMS}
     for key, phrase in DEFECT_TERMS.items():
@@ -73,7 +75,7 @@ def caption_nouns(caption: str | None, lexicon: dict[str, str] | None = None) ->
     """Defect terms named by a caption, as canonical names, in order of appearance, without repeats.
 
     Args:
-        caption: A caption (e.g. from :func:`diffdefect.stage1.captions.caption_for`), or ``None``.
+        caption: A caption (e.g. from :func:`common.data.captions.caption_for`), or ``None``.
         lexicon: Phrase -> canonical name (default: :func:`default_lexicon`). Longer phrases win ("linear
             scratch" before "scratch").
 
@@ -150,14 +152,7 @@ class OpenVocabClassifier(nn.Module):
     @torch.no_grad()
     def encode_names(self, names: Sequence[str]) -> torch.Tensor:
         """Class embeddings of ``names`` (prompt ensemble), ``(K, D)`` L2-normalised, on the encoder's device."""
-        prompts = [class_prompts(n, self.templates, self.background_prompts) for n in names]
-        flat = [p for ps in prompts for p in ps]
-        emb = F.normalize(self.encoder.encode(flat).float(), dim=-1)  # (sum_k P_k, D)
-        out, start = [], 0
-        for ps in prompts:
-            out.append(F.normalize(emb[start : start + len(ps)].mean(0), dim=-1))
-            start += len(ps)
-        return torch.stack(out) if out else emb.new_zeros(0, self.embed_dim)
+        return prompt_ensemble(self.encoder, [class_prompts(n, self.templates, self.background_prompts) for n in names])
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

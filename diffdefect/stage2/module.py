@@ -41,13 +41,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.types import NORMAL, DefectBatch, SampleRecord
+from common.data.vocabulary import id_mapping
+from common.data.vocabulary import remap_ids as remap
 from common.metrics import DetectionMAP, MeanIoU, PerClassIoU, anomaly_metrics, defect_type_metrics
 from common.prediction import ImagePrediction
 from diffdefect.stage2.classifier import caption_nouns, default_lexicon
 from diffdefect.stage2.criterion import Grounding, SetCriterion
 from diffdefect.stage2.model import Stage2Model
 from diffdefect.stage2.postprocess import explain, image_classes, instance_predictions, semantic_scores
-from diffdefect.stage2.targets import base_only, detection_targets, id_mapping, remap, set_targets
+from diffdefect.stage2.targets import base_only, detection_targets, set_targets
 
 SUPERVISION = ("labels", "captions", "both")
 EVAL_SWITCHES = ("vocabulary", "test_classes", "metrics_mode", "detection_metrics", "top_k", "pixel_threshold")
@@ -172,7 +174,7 @@ class Stage2OpenVocab(L.LightningModule):
 
     def _grounding(self, batch: DefectBatch, keep: torch.Tensor) -> tuple[list[list[str]], Grounding | None]:
         """Caption nouns per kept image (templated captions where a sample has none) and grounding words."""
-        from diffdefect.stage1.captions import caption_for
+        from common.data.captions import caption_for
 
         nouns = []
         for i in keep.nonzero().squeeze(1).tolist():

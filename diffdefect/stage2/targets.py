@@ -3,8 +3,8 @@ per-image target masks for set prediction, detection ground truth, and the open-
 
 Ids: ``DefectBatch.class_mask`` holds ids into the *DataModule* vocabulary (0 = ``"good"`` / background, -1 =
 unknown). The model has its own vocabulary per stage (base classes in training, base + novel at test), always
-with the background at index 0; :func:`remap` maps data ids to model ids by name (-1 where the model does not
-know the class).
+with the background at index 0; :func:`common.data.vocabulary.remap_ids` maps data ids to model ids by name (-1
+where the model does not know the class).
 
 Set targets (:func:`set_targets`), one per image:
 
@@ -32,20 +32,6 @@ from common.metrics import instances_from_mask
 TARGET_MODES = ("semantic", "instance")
 NOVEL_POLICIES = ("drop", "ignore")
 _EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def id_mapping(data_names: list[str], model_names: list[str]) -> torch.Tensor:
-    """``(K_data,)`` int64: model id of each data class (-1 where the model vocabulary lacks it)."""
-    index = {n: i for i, n in enumerate(model_names)}
-    return torch.tensor([index.get(n, -1) for n in data_names], dtype=torch.long)
-
-
-def remap(ids: torch.Tensor, mapping: torch.Tensor | None) -> torch.Tensor:
-    """Maps data ids (any shape, -1 = unknown) to model ids with :func:`id_mapping`'s table."""
-    if mapping is None:
-        return ids
-    table = torch.cat([mapping.to(ids.device), mapping.new_full((1,), -1).to(ids.device)])  # index -1 -> -1
-    return table[ids.clamp(min=-1)]
 
 
 def base_only(class_mask: torch.Tensor, policy: str = "drop") -> tuple[torch.Tensor, torch.Tensor]:

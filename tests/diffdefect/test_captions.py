@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from common.data import ClassIdSegReader, MagneticTileReader, ManifestReader, MVTecReader, VisAReader
+from common.data.captions import caption_for, mask_location, size_and_severity
 from common.data.types import SampleRecord
-from diffdefect.stage1.captions import build_manifest, caption_for, main, mask_location, size_and_severity
+from diffdefect.stage1.captions import build_manifest, main
 
 
 def test_location_size_and_severity_from_the_mask() -> None:

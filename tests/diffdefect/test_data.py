@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.config import load_config
 from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Model
 from diffdefect.stage1.loss import Stage1Loss
-from diffdefect.stage1.precompute import encoders_from_config, load_config, main, precompute
+from diffdefect.stage1.precompute import encoders_from_config, main, precompute
 from tests.diffdefect.conftest import TINY_CONFIGS
 
 

@@ -196,7 +196,7 @@ def test_fid_and_is_from_the_common_metrics() -> None:
 def test_scale_out_presets_parse_and_build_their_strategy(preset: str) -> None:
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 
-    from diffdefect.stage1.precompute import instantiate, load_config
+    from common.config import instantiate, load_config
 
     path = str(REPO / "configs" / "diffdefect" / f"{preset}.yaml")
     with pytest.raises(SystemExit) as e:  # the real CLI parser, as `lightning fit --config` would

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from common.data.vocabulary import id_mapping, remap_ids
 from common.metrics import DetectionMAP, boxes_from_masks
 from diffdefect.stage2.postprocess import explain, image_classes, instance_predictions, semantic_scores
-from diffdefect.stage2.targets import base_only, detection_targets, id_mapping, remap, set_targets
+from diffdefect.stage2.targets import base_only, detection_targets, set_targets
 
 
 def class_mask() -> torch.Tensor:
@@ -23,9 +24,9 @@ def class_mask() -> torch.Tensor:
 def test_remap_by_name_and_novel_images_dropped_or_ignored() -> None:
     mapping = id_mapping(["good", "crack", "hole", "stain"], ["good", "crack", "hole"])
     assert mapping.tolist() == [0, 1, 2, -1]
-    cm = remap(class_mask(), mapping)
+    cm = remap_ids(class_mask(), mapping)
     assert cm[1, 0, 0] == -1 and cm[0, 3, 3] == 2
-    assert remap(torch.tensor([-1, 3, 0]), mapping).tolist() == [-1, -1, 0]
+    assert remap_ids(torch.tensor([-1, 3, 0]), mapping).tolist() == [-1, -1, 0]
     keep, kept = base_only(cm, "drop")
     assert keep.tolist() == [True, False] and kept.shape == (1, 8, 8)
     keep, kept = base_only(cm, "ignore")
@@ -33,7 +34,7 @@ def test_remap_by_name_and_novel_images_dropped_or_ignored() -> None:
 
 
 def test_semantic_and_instance_targets() -> None:
-    cm = remap(class_mask(), id_mapping(["good", "a", "b", "c"], ["good", "a", "b"]))
+    cm = remap_ids(class_mask(), id_mapping(["good", "a", "b", "c"], ["good", "a", "b"]))
     masks, labels = set_targets(cm, "semantic")
     assert labels[0].tolist() == [0, 1, 2] and masks[0].shape == (3, 8, 8)
     assert masks[0].sum(0).eq(1).all()  # a partition of the image

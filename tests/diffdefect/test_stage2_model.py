@@ -173,8 +173,8 @@ def test_stage1_checkpoint_loads_its_ema_weights_frozen(stage1_ckpt: Path) -> No
 
 
 def test_prompts_and_caption_nouns() -> None:
+    from common.data.captions import caption_for
     from common.data.types import SampleRecord
-    from diffdefect.stage1.captions import caption_for
 
     assert class_prompts("break")[0] == "a photo of edge break."
     assert "defect-free" in class_prompts("good")[0]
