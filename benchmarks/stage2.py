@@ -4,7 +4,7 @@
 ``../shared/data/{magnetic_tile,neu_seg}``; a missing dataset is skipped with a message.
 
 Protocol (one run, one seed, CPU-sized; every figure comes from :mod:`common.metrics` through
-:class:`~diffdefect.stage2.module.Stage2OpenVocab`):
+:class:`~diffdefect.stage2.module.Stage2Module`):
 
 1. Splits: Magnetic Tile, seeded stratified 60/20/20 (``DefectDataModule(split="random")``); NEU-Seg, its own
    train/test splits. Images resized to ``--image-size`` (96 px).
@@ -102,7 +102,8 @@ def datamodule(name: str, root: Path, cfg: dict[str, Any]) -> Any:
     reader = MagneticTileReader(root) if name == "magnetic_tile" else ClassIdSegReader(root)
     dm = DefectDataModule(reader, image_size=cfg["image_size"], batch_size=cfg["batch"], num_workers=0,
                           split=DATASETS[name]["split"], seed=0, augment="none", val_fraction=0.1,
-                          extra_train_transforms=[A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+                          extra_train_transforms=[A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)],
+                          captions="templated")  # the caption-only run's text: these data sets have none
     splits = dm.split_records()
     splits["train"][:] = cap(splits["train"], cfg["shots"], cfg["good"])
     splits["val"][:] = []
@@ -188,7 +189,7 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
     """
     from common.data.image_text import ImageTextDataModule
     from common.encoders import TimmImage
-    from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Diffusion, Stage1Model
+    from diffdefect import DiffusionUNet, ImplicitCaptioner, Stage1Model, Stage1Module
     from diffdefect.stage1.captions import manifest_entries
 
     manifest = workdir / "stage1_pairs.jsonl"
@@ -200,7 +201,7 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
     model = Stage1Model(unet, vae, text_encoder, image_encoder, ImplicitCaptioner(image_encoder.embed_dim, 384, 256))
     untrained = Stage1Model(DiffusionUNet("tiny", overrides={**SMALL_UNET, "sample_size": latent}), vae, text_encoder,
                             image_encoder, copy.deepcopy(model.captioner)).eval()  # same seed: same initial U-Net
-    module = Stage1Diffusion(model, optimizer=functools.partial(torch.optim.AdamW, lr=3e-4), ema_decay=None)
+    module = Stage1Module(model, optimizer=functools.partial(torch.optim.AdamW, lr=3e-4), ema_decay=None)
     data = ImageTextDataModule(str(manifest), image_size=cfg["image_size"], batch_size=cfg["stage1_batch"],
                                num_workers=0, seed=0)
     trainer = L.Trainer(accelerator="cpu", max_steps=cfg["stage1_steps"], logger=False, enable_checkpointing=False,
@@ -218,18 +219,27 @@ def train_stage1(train_records: list, cfg: dict[str, Any], text_encoder: Any, va
                           "seconds": seconds, "example_caption": entries[0]["caption"] if entries else None}
 
 
+def logged_test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    """The evaluation figures ``trainer.test`` returns (what Lightning logged), without the ``test/`` prefix and the
+    held-out loss terms."""
+    from diffdefect.stage2.metrics import LOSS_TERMS
+
+    out = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
+    return {k: v for k, v in out.items() if k not in LOSS_TERMS}
+
+
 def run_stage2(extractor: Any, dm: Any, spec: dict[str, Any], cfg: dict[str, Any], text_encoder: Any,
                lr: float, supervision: str = "labels") -> dict[str, Any]:
     """Trains the small head on ``extractor`` (base classes) and tests it on all classes (``supervision``: see
-    :class:`~diffdefect.stage2.module.Stage2OpenVocab`)."""
-    from diffdefect import FeatureCache, OpenVocabClassifier, Stage2Model, Stage2OpenVocab
+    :class:`~diffdefect.stage2.module.Stage2Module`)."""
+    from diffdefect import FeatureCache, OpenVocabClassifier, Stage2Model, Stage2Module
 
     L.seed_everything(0, verbose=False)
     classifier = OpenVocabClassifier(int(text_encoder.dim), text_encoder=text_encoder)
     model = Stage2Model(extractor, head="small", classifier=classifier, cache=FeatureCache())
-    module = Stage2OpenVocab(model, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05),
-                             supervision=supervision,
-                             train_classes=spec["base"], test_classes=spec["base"] + spec["novel"])
+    module = Stage2Module(model, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05),
+                          supervision=supervision, train_classes=spec["base"],
+                          test_classes=spec["base"] + spec["novel"], data_vocabulary=dm.vocabulary)
     trainer = L.Trainer(accelerator="cpu", max_epochs=cfg["epochs"], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, deterministic=False)
@@ -238,12 +248,10 @@ def run_stage2(extractor: Any, dm: Any, spec: dict[str, Any], cfg: dict[str, Any
     fit_s = time.perf_counter() - t0
     train_loss = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     t0 = time.perf_counter()
-    trainer.test(module, datamodule=dm, verbose=False)
+    metrics = logged_test_metrics(trainer.test(module, datamodule=dm, verbose=False))
     test_s = time.perf_counter() - t0
-    metrics = dict(module.last_metrics.get("test", {}))
     module.test_classes = list(spec["novel"])  # the disjoint protocol: only the novel names (cached features)
-    trainer.test(module, datamodule=dm, verbose=False)
-    novel_only = dict(module.last_metrics.get("test", {}))
+    novel_only = logged_test_metrics(trainer.test(module, datamodule=dm, verbose=False))
     return {"metrics": metrics, "novel_only_metrics": novel_only, "fit_seconds": fit_s, "test_seconds": test_s,
             "head_parameters": sum(p.numel() for p in model.trainable_parameters()),
             "feature_channels": list(extractor.channels), "feature_strides": list(extractor.strides),

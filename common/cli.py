@@ -29,7 +29,18 @@ class DefectCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Hook for project-wide arguments (none yet: models take the data vocabulary in ``setup``)."""
+        """Links the DataModule's class names to models that take them (``data_vocabulary``; skipped for the
+        others, and ``None`` for data modules without a vocabulary)."""
+        parser.link_arguments("data", "model.init_args.data_vocabulary", compute_fn=_data_vocabulary,
+                              apply_on="instantiate")
+
+
+def _data_vocabulary(datamodule: object) -> list[str] | None:
+    try:
+        names = getattr(datamodule, "vocabulary", None)
+    except DataError:  # bad data: the DataModule reports it in one line when it sets up, before the model does
+        return None
+    return list(names) if names else None
 
 
 def _demo_data(argv: Sequence[str]) -> None:

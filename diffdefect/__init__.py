@@ -15,7 +15,7 @@ from diffdefect.stage1.conditioning import ConditioningMixer
 from diffdefect.stage1.ema import EMA
 from diffdefect.stage1.loss import Stage1Loss
 from diffdefect.stage1.model import Stage1Inputs, Stage1Model, Stage1Output
-from diffdefect.stage1.module import Stage1Diffusion
+from diffdefect.stage1.module import Stage1Diffusion, Stage1Module
 from diffdefect.stage1.schedule import NoiseSchedule
 from diffdefect.stage1.unet import DiffusionUNet, build_unet, unet_config
 from diffdefect.stage2.cache import FeatureCache
@@ -25,7 +25,7 @@ from diffdefect.stage2.extractor import DiffusionFeatures
 from diffdefect.stage2.head import Mask2FormerHead
 from diffdefect.stage2.matcher import HungarianMatcher
 from diffdefect.stage2.model import Stage2Model, Stage2Output
-from diffdefect.stage2.module import Stage2OpenVocab
+from diffdefect.stage2.module import Stage2Module, Stage2OpenVocab
 
 __all__ = [
     "EMA",
@@ -44,9 +44,11 @@ __all__ = [
     "Stage1Diffusion",
     "Stage1Inputs",
     "Stage1Loss",
+    "Stage1Module",
     "Stage1Model",
     "Stage1Output",
     "Stage2Model",
+    "Stage2Module",
     "Stage2OpenVocab",
     "Stage2Output",
     "build_unet",

@@ -8,6 +8,7 @@ number of unused classes). In the per-class vector such classes get ``absent_val
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,6 +60,8 @@ class MeanIoU(_IoUBase):
         num_classes: number of classes ``C``.
         ignore_index: target value whose pixels are skipped, or ``None``.
         include_background: if False, class 0 is left out of the mean.
+        classes: average over these class ids only (e.g. the base or the novel classes of an open-vocabulary
+            test); ``None``: all.
     """
 
     def __init__(
@@ -66,14 +69,18 @@ class MeanIoU(_IoUBase):
         num_classes: int,
         ignore_index: int | None = None,
         include_background: bool = True,
+        classes: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, ignore_index=ignore_index, **kwargs)
         self.include_background = bool(include_background)
+        self.classes = None if classes is None else [int(c) for c in classes]
 
     def compute(self) -> Tensor:
         iou, present = self._iou()
-        if not self.include_background:
+        if self.classes is not None:
+            iou, present = iou[self.classes], present[self.classes]
+        elif not self.include_background:
             iou, present = iou[1:], present[1:]
         if not present.any():
             self._warn("no class present in targets or predictions; returning 0.0.")

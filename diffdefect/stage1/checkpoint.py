@@ -1,4 +1,4 @@
-"""Loading a trained stage 1: the :class:`~diffdefect.stage1.module.Stage1Diffusion` of a ``lightning fit``
+"""Loading a trained stage 1: the :class:`~diffdefect.stage1.module.Stage1Module` of a ``lightning fit``
 checkpoint (its stored config rebuilds the model) or of any checkpoint plus a YAML config, with the EMA weights
 swapped in by default. Used by sampling and by stage 2's feature extractor."""
 
@@ -15,7 +15,7 @@ from common.config import instantiate, load_config
 
 def load_stage1(ckpt: str | Path, config: str | Path | Sequence[str | Path] | None = None, ema: bool = True,
                 map_location: str = "cpu") -> Any:
-    """Loads a trained :class:`~diffdefect.stage1.module.Stage1Diffusion`.
+    """Loads a trained :class:`~diffdefect.stage1.module.Stage1Module`.
 
     Args:
         ckpt: A checkpoint from ``lightning fit`` (holds the model config) or any checkpoint with ``config``.
@@ -25,13 +25,13 @@ def load_stage1(ckpt: str | Path, config: str | Path | Sequence[str | Path] | No
         ema: Swap the EMA weights in (when the checkpoint has them).
         map_location: Where to load tensors.
     """
-    from diffdefect.stage1.module import Stage1Diffusion
+    from diffdefect.stage1.module import Stage1Module
 
     if config is None:
-        module = Stage1Diffusion.load_from_checkpoint(str(ckpt), map_location=map_location, weights_only=False)
+        module = Stage1Module.load_from_checkpoint(str(ckpt), map_location=map_location, weights_only=False)
     else:
         cfg = load_config(config)
-        module = instantiate(cfg.get("model", cfg), Stage1Diffusion)
+        module = instantiate(cfg.get("model", cfg), Stage1Module)
         state = torch.load(str(ckpt), map_location=map_location, weights_only=False)
         module.load_state_dict(state["state_dict"])
         module.on_load_checkpoint(state)

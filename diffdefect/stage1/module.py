@@ -1,4 +1,4 @@
-"""``Stage1Diffusion``: the thin LightningModule of stage 1 (optimisation, EMA, logging, switches).
+"""``Stage1Module``: the thin LightningModule of stage 1 (optimisation, EMA, logging, switches).
 
 The network is :class:`~diffdefect.stage1.model.Stage1Model`, the loss :class:`~diffdefect.stage1.loss.Stage1Loss`; both are
 constructor arguments (``class_path`` in YAML), as are the optimizer (default AdamW, lr 1e-4) and the LR
@@ -19,9 +19,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.image_text import ImageTextBatch
+from common.hparams import save_config_hyperparameters
 from diffdefect.stage1.ema import EMA
 from diffdefect.stage1.loss import Stage1Loss
 from diffdefect.stage1.model import Stage1Model
@@ -37,7 +37,7 @@ def step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class Stage1Diffusion(L.LightningModule):
+class Stage1Module(L.LightningModule):
     """Trains the stage-1 diffusion U-Net and implicit captioner.
 
     Args:
@@ -70,12 +70,9 @@ class Stage1Diffusion(L.LightningModule):
     ) -> None:
         super().__init__()
         # Under LightningCLI the parsed config (class paths of every part) is stored, so that
-        # `Stage1Diffusion.load_from_checkpoint(path)` rebuilds the model; built in Python, the parts are not
+        # `Stage1Module.load_from_checkpoint(path)` rebuilds the model; built in Python, the parts are not
         # pickled into the checkpoint (pass them again to load_from_checkpoint).
-        if _given_hyperparameters.get() is not None:
-            self.save_hyperparameters()
-        else:
-            self.save_hyperparameters(ignore=["model", "loss", "optimizer", "scheduler"])
+        save_config_hyperparameters(self, objects=("model", "loss", "optimizer", "scheduler"))
         self.model = model
         self.loss = loss or Stage1Loss()
         self.optimizer = optimizer
@@ -187,3 +184,7 @@ class Stage1Diffusion(L.LightningModule):
         """Copies the EMA weights into the model for good (sampling, export)."""
         if self.ema is not None:
             self.ema.copy_to(self.model)
+
+
+Stage1Diffusion = Stage1Module
+"""The former name (configs and checkpoints that name ``diffdefect.Stage1Diffusion`` still work)."""

@@ -145,9 +145,14 @@ class OpenVocabClassifier(nn.Module):
         return enc
 
     @property
+    def scale(self) -> torch.Tensor:
+        """The logit scale ``1 / tau`` (scalar, clamped at 100 as CLIP's; in the graph when learnable)."""
+        return self.logit_scale.clamp(max=float(torch.tensor(100.0).log())).exp()
+
+    @property
     def tau(self) -> torch.Tensor:
         """The current temperature (scalar)."""
-        return 1.0 / self.logit_scale.clamp(max=float(torch.tensor(100.0).log())).exp()
+        return 1.0 / self.scale
 
     @torch.no_grad()
     def encode_names(self, names: Sequence[str]) -> torch.Tensor:
@@ -171,5 +176,4 @@ class OpenVocabClassifier(nn.Module):
         """
         z = F.normalize(mask_embeddings.float(), dim=-1)  # (B, Q, D)
         t = F.normalize(torch.cat([text_embeddings.to(z), self.void_embedding[None].float()]), dim=-1)  # (K+1, D)
-        scale = self.logit_scale.clamp(max=float(torch.tensor(100.0).log())).exp()
-        return scale * torch.einsum("bqd,kd->bqk", z, t)  # (B, Q, K + 1)
+        return self.scale * torch.einsum("bqd,kd->bqk", z, t)  # (B, Q, K + 1)

@@ -159,7 +159,6 @@ class SetCriterion(nn.Module):
         target_masks: list[torch.Tensor],
         target_labels: list[torch.Tensor] | None,
         grounding: Grounding | None = None,
-        logit_scale: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The loss terms.
 
@@ -168,8 +167,8 @@ class SetCriterion(nn.Module):
             target_masks: Per image ``(N_b, H, W)`` {0, 1}.
             target_labels: Per image ``(N_b,)`` ids into the ``K`` classes of ``output.class_logits`` (-1: no
                 label), or ``None`` (no class term: mask terms and grounding only).
-            grounding: Caption words for the grounding term, or ``None``.
-            logit_scale: Scale of the grounding logits (the classifier's ``1 / tau``; default 1 / 0.07).
+            grounding: Caption words for the grounding term, or ``None``; its logits are scaled by the
+                classifier's ``1 / tau`` carried in ``output.logit_scale`` (1 / 0.07 when absent).
 
         Returns:
             ``mask``, ``dice``, ``cls`` (with labels), ``ground`` (with grounding), ``aux`` (deep supervision:
@@ -178,7 +177,9 @@ class SetCriterion(nn.Module):
         num_masks = float(max(1, sum(len(m) for m in target_masks)))
         terms = self.layer_losses(output, target_masks, target_labels, num_masks)
         if grounding is not None:
-            scale = logit_scale if logit_scale is not None else torch.tensor(1 / 0.07, device=output.pred_masks.device)
+            scale = output.logit_scale
+            if scale is None:
+                scale = torch.tensor(1 / 0.07, device=output.pred_masks.device)
             terms["ground"] = grounding_loss(output.mask_embeddings, grounding, scale)
         total = sum(self.weights[k] * v for k, v in terms.items())
         if self.deep_supervision and output.aux:

@@ -36,12 +36,15 @@ class Stage2Output:
         class_logits: ``(B, Q, K + 1)`` class logits, no-object last.
         mask_embeddings: ``(B, Q, D)`` query embeddings in the text space.
         aux: The same for the earlier decoder layers (deep supervision; ``aux`` of those is empty).
+        logit_scale: The classifier's ``1 / tau`` (scalar) the logits were computed with, for losses that score
+            embeddings against text themselves (grounding); ``None`` when not known.
     """
 
     pred_masks: torch.Tensor
     class_logits: torch.Tensor
     mask_embeddings: torch.Tensor
     aux: list[Stage2Output] = field(default_factory=list)
+    logit_scale: torch.Tensor | None = None
 
 
 class Stage2Model(nn.Module):
@@ -111,7 +114,7 @@ class Stage2Model(nn.Module):
         out = self.head(feats)  # (B, Q, h_0, w_0) masks, (B, Q, D) embeddings (+ aux layers)
         logits = self.classifier(out.mask_embeddings, text_embeddings)  # (B, Q, K + 1)
         aux = [Stage2Output(m, self.classifier(e, text_embeddings), e) for m, e in out.aux]
-        return Stage2Output(out.pred_masks, logits, out.mask_embeddings, aux)
+        return Stage2Output(out.pred_masks, logits, out.mask_embeddings, aux, self.classifier.scale)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The head's and the classifier's parameters (the extractor and text encoder are frozen)."""

@@ -19,16 +19,31 @@ Open-vocabulary training (:func:`base_only`): with ``novel="drop"`` (default) an
 outside the training classes is removed from the training batch, so the novel defects are never seen by the
 head, not even unlabelled (the strict protocol; NEU-Seg's multi-class images that contain the held-out class are
 dropped). ``novel="ignore"`` keeps such images and only sets the novel pixels to -1 (unknown).
+
+Supervision (:func:`build_targets`, one function from a batch and the mode, as :mod:`clipmdc.regimes` is for
+CLIP-MDC): ``"labels"`` (class masks -> mask and class targets over the training names), ``"captions"`` (the
+paper's caption-only regime: class-agnostic defect masks; the nouns of each image's caption are the pseudo-labels
+over the batch's nouns, plus the grounding words), ``"both"`` (labels and grounding words). Captions come from the
+data (the DataModule's ``captions="templated"`` writes them where a dataset has none).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from scipy import ndimage
 
+from common.data.types import DefectBatch
+from common.data.vocabulary import remap_ids
 from common.metrics import instances_from_mask
+from diffdefect.stage2.classifier import caption_nouns
+from diffdefect.stage2.criterion import Grounding
 
+SUPERVISION = ("labels", "captions", "both")
 TARGET_MODES = ("semantic", "instance")
 NOVEL_POLICIES = ("drop", "ignore")
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -111,3 +126,85 @@ def detection_targets(class_mask: torch.Tensor, background: int = 0) -> list[dic
                         "boxes": torch.zeros(0, 4, device=cm.device),
                         "labels": torch.zeros(0, dtype=torch.long, device=cm.device)})
     return out
+
+
+@dataclass
+class Stage2Targets:
+    """What one training step learns from (the images kept by the open-vocabulary filter).
+
+    Attributes:
+        image: ``(b, 3, H, W)`` kept images.
+        masks: Per kept image ``(N, H, W)`` {0, 1} target masks.
+        labels: Per kept image ``(N,)`` ids into ``names`` (-1: a target without a label).
+        names: The classes of the logits, background first: the training names, or (caption-only) the batch's
+            caption nouns.
+        text: ``(len(names), D)`` their text embeddings.
+        nouns: Per kept image the caption nouns (``None`` with label supervision).
+        grounding: The grounding words, or ``None``.
+    """
+
+    image: torch.Tensor
+    masks: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    names: list[str]
+    text: torch.Tensor
+    nouns: list[list[str]] | None = None
+    grounding: Grounding | None = None
+
+
+def grounding_words(nouns: Sequence[Sequence[str]], embed: Callable[[list[str]], torch.Tensor]) -> Grounding | None:
+    """The batch's caption words for the grounding loss: their embeddings, owners and the image-caption positives
+    (same non-empty noun set), or ``None`` when no caption names anything."""
+    words = [(b, n) for b, ns in enumerate(nouns) for n in ns]
+    if not words:
+        return None
+    emb = embed([n for _, n in words])  # (W, D)
+    owner = torch.tensor([b for b, _ in words], device=emb.device)
+    sets = [frozenset(ns) for ns in nouns]
+    positive = torch.tensor([[bool(a) and a == c for c in sets] for a in sets], device=emb.device)
+    return Grounding(emb, owner, positive)
+
+
+def build_targets(batch: DefectBatch, supervision: str, names: Sequence[str], embed: Callable[[list[str]], torch.Tensor],
+                  mapping: torch.Tensor | None = None, lexicon: dict[str, str] | None = None,
+                  mode: str = "semantic", novel: str = "drop") -> Stage2Targets | None:
+    """The training targets of a batch under a supervision mode (module docstring).
+
+    Args:
+        batch: The batch (ids in the DataModule's vocabulary).
+        supervision: ``"labels"``, ``"captions"`` or ``"both"``.
+        names: The training names (background first).
+        embed: Names -> ``(N, D)`` text embeddings (a lookup in embeddings computed once).
+        mapping: Data id -> training id (:func:`common.data.vocabulary.id_mapping`), ``None`` for the same ids.
+        lexicon: Caption phrase -> canonical name (:func:`~diffdefect.stage2.classifier.default_lexicon`).
+        mode: ``"semantic"`` or ``"instance"`` target masks (:func:`set_targets`).
+        novel: ``"drop"`` or ``"ignore"``: images showing non-training classes (:func:`base_only`).
+
+    Returns:
+        :class:`Stage2Targets`, or ``None`` when no image is left (all novel or without masks).
+    """
+    if supervision not in SUPERVISION:
+        raise ValueError(f"supervision must be one of {SUPERVISION}, got {supervision!r}")
+    cm = remap_ids(batch.class_mask, mapping)  # (B, H, W) training ids, -1 unknown / novel
+    keep, _ = base_only(cm, novel)
+    keep = keep & batch.has_mask.to(keep.device)  # images without masks carry no mask supervision
+    if not keep.any():
+        return None
+    idx = keep.nonzero().squeeze(1).tolist()
+    nouns = None
+    if supervision != "labels":
+        nouns = [caption_nouns(batch.caption[i], lexicon) for i in idx]
+        missing = sum(batch.caption[i] is None and bool(batch.label[i]) for i in idx)
+        if missing:
+            rank_zero_warn(f"supervision={supervision!r}: {missing} defective training image(s) without a caption "
+                           "name no class; set the DataModule's captions: templated", UserWarning)
+    if supervision in ("labels", "both"):
+        masks, labels = set_targets(cm[keep], mode)
+        names = list(names)
+    else:  # class-agnostic defect masks, pseudo-labelled with the caption's first noun
+        names = [names[0]] + sorted({n for ns in nouns for n in ns})
+        masks, labels = set_targets((batch.mask[keep, 0] > 0.5).long(), mode)
+        labels = [torch.where(lab == 0, lab, torch.full_like(lab, names.index(ns[0]) if ns else -1))
+                  for lab, ns in zip(labels, nouns, strict=True)]
+    grounding = None if nouns is None else grounding_words(nouns, embed)
+    return Stage2Targets(batch.image[keep], masks, labels, names, embed(names), nouns, grounding)

@@ -1,4 +1,4 @@
-"""Stage1Diffusion: the CLI smoke run of the paper config + tiny preset, exact resume, EMA, sampling."""
+"""Stage1Module: the CLI smoke run of the paper config + tiny preset, exact resume, EMA, sampling."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 from common.cli import main as cli_main
 from common.data import ManifestReader
 from common.data.image_text import ImageTextDataModule
-from diffdefect import Stage1Diffusion
+from diffdefect import Stage1Module
 from diffdefect.stage1.checkpoint import load_stage1
 from diffdefect.stage1.sampling import generate, generation_metrics, synthesize_defects
 from diffdefect.stage1.sampling import main as sample_main
@@ -40,8 +40,8 @@ def test_paper_config_values() -> None:
     assert m["loss"]["init_args"]["weights"] == {"diff": 1.0, "imp": 0.3}
 
 
-def make_module(**kw) -> Stage1Diffusion:
-    return Stage1Diffusion(tiny_model(), ema_decay=0.9, **kw)
+def make_module(**kw) -> Stage1Module:
+    return Stage1Module(tiny_model(), ema_decay=0.9, **kw)
 
 
 def fit(source: Path, root: Path, max_steps: int, ckpt_path: str | None = None, every: int | None = None,
@@ -216,7 +216,7 @@ def test_scale_out_presets_parse_and_build_their_strategy(preset: str) -> None:
 
 
 def test_switches_bf16_channels_last_and_checkpointing_train_on_cpu(demo_manifest: Path) -> None:
-    module = Stage1Diffusion(tiny_model(), channels_last=True, gradient_checkpointing=True, ema_decay=0.99)
+    module = Stage1Module(tiny_model(), channels_last=True, gradient_checkpointing=True, ema_decay=0.99)
     assert module.model.channels_last and module.model.unet.net.is_gradient_checkpointing
     data = ImageTextDataModule(str(demo_manifest), image_size=16, batch_size=4, num_workers=0)
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", fast_dev_run=2, logger=False,

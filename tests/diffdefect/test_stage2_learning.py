@@ -13,7 +13,7 @@ import torch
 
 from common.data import ClassIdSegReader, DefectDataModule
 from common.encoders import TinyText
-from diffdefect import EfficientNetFeatures, FeatureCache, Stage2Model, Stage2OpenVocab
+from diffdefect import EfficientNetFeatures, FeatureCache, Stage2Model, Stage2Module
 from tests.conftest import write_image
 
 
@@ -37,20 +37,23 @@ def two_kinds_root(tmp_path: Path) -> Path:
     return root
 
 
+def logged(results: list[dict[str, float]]) -> dict[str, float]:
+    """The test metrics Lightning logged, without the stage prefix."""
+    return {k.removeprefix("test/"): v for k, v in results[0].items()}
+
+
 def test_tiny_head_segments_and_names_heldout_defects(two_kinds_root: Path) -> None:
     L.seed_everything(0, verbose=False)
     data = DefectDataModule(ClassIdSegReader(two_kinds_root), image_size=64, batch_size=8, num_workers=0,
                             split="auto", augment="none", seed=0)
     model = Stage2Model(EfficientNetFeatures(text_encoder=TinyText(32)), head="tiny", cache=FeatureCache())
-    module = Stage2OpenVocab(model, optimizer=partial(torch.optim.AdamW, lr=2e-3))
+    module = Stage2Module(model, optimizer=partial(torch.optim.AdamW, lr=2e-3), data_vocabulary=data.vocabulary)
     trainer = L.Trainer(accelerator="cpu", max_epochs=25, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0)
-    trainer.test(module, datamodule=data, verbose=False)
-    before = dict(module.last_metrics["test"])
+    before = logged(trainer.test(module, datamodule=data, verbose=False))
     trainer.fit(module, datamodule=data)
-    trainer.test(module, datamodule=data, verbose=False)
-    after = module.last_metrics["test"]
+    after = logged(trainer.test(module, datamodule=data, verbose=False))
     assert after["iou_spot"] > 0.5 and after["iou_hole"] > 0.5, after
     assert after["miou"] > before["miou"] + 0.2, (before, after)
     assert after["accuracy"] >= 0.75, after  # the image's class, read from its masks

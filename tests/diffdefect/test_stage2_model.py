@@ -203,10 +203,9 @@ def test_temperature_is_learnable(model: Stage2Model) -> None:
 
 def test_a_batch_of_only_novel_classes_gives_a_zero_loss_on_every_parameter(model: Stage2Model) -> None:
     from common.data.types import DefectBatch
-    from diffdefect import Stage2OpenVocab
+    from diffdefect import Stage2Module
 
-    module = Stage2OpenVocab(model, train_classes=["scratch"])
-    module._configure(["good", "scratch", "hole"])
+    module = Stage2Module(model, train_classes=["scratch"], data_vocabulary=["good", "scratch", "hole"])
     assert module.names["train"] == ["good", "scratch"] and module.names["test"] == ["good", "scratch", "hole"]
     cm = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
     cm[:, 3:9, 3:9] = 2  # "hole": novel, so both images are dropped
@@ -223,10 +222,10 @@ def test_a_batch_of_only_novel_classes_gives_a_zero_loss_on_every_parameter(mode
 
 def test_caption_only_supervision_takes_its_pseudo_labels_from_the_given_captions(model: Stage2Model) -> None:
     from common.data.types import DefectBatch
-    from diffdefect import Stage2OpenVocab
+    from diffdefect import Stage2Module
 
-    module = Stage2OpenVocab(model, supervision="captions")
-    module._configure(["good", "defect"])  # the data set's own label says nothing: the words come from captions
+    # the data set's own label says nothing: the words come from captions
+    module = Stage2Module(model, supervision="captions", data_vocabulary=["good", "defect"])
     cm = torch.zeros(3, SIZE, SIZE, dtype=torch.long)
     cm[:2, 3:9, 3:9] = 1
     captions = ["A long scratch runs across the plate.", "A round hole near the edge. There are no stains.", None]
@@ -235,11 +234,55 @@ def test_caption_only_supervision_takes_its_pseudo_labels_from_the_given_caption
                         defect_type_id=torch.tensor([1, 1, 0]), class_mask=cm, object_id=torch.zeros(3, dtype=torch.long),
                         defect_type=["defect", "defect", "good"], object_name=["plate"] * 3, caption=captions,
                         path=["a.png", "b.png", "c.png"])
-    nouns, grounding = module._grounding(batch, torch.ones(3, dtype=torch.bool))
-    assert nouns[:2] == [["scratch"], ["hole"]]  # "no stains" is negated; the third image gets a templated caption
-    assert nouns[2] == []  # defect-free: its templated caption names nothing
+    targets = module.training_targets(batch)
+    nouns, grounding = targets.nouns, targets.grounding
+    assert nouns[:2] == [["scratch"], ["hole"]]  # "no stains" is negated
+    assert nouns[2] == []  # defect-free, no caption (the DataModule's templated one would name nothing either)
     assert grounding is not None and grounding.owner.tolist() == [0, 1]
     assert grounding.positive.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss) and loss.requires_grad
     model.zero_grad()
+
+
+def test_every_rank_reports_the_same_metrics_whatever_its_batches_held(model: Stage2Model) -> None:
+    """Under DDP each rank computes (and syncs) every metric at the end of an epoch, so the keys may not depend on
+    what a rank's batches held: a rank that saw no mask reports the same figures as one that did."""
+    from common.data.types import DefectBatch
+    from diffdefect.stage2.criterion import SetCriterion
+    from diffdefect.stage2.metrics import Stage2Metrics
+
+    names = ["good", "scratch", "hole"]
+    cm = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    cm[0, 3:9, 3:9] = 1
+
+    def batch(has_mask: bool) -> DefectBatch:
+        return DefectBatch(image=torch.rand(2, 3, SIZE, SIZE), mask=(cm > 0).float()[:, None],
+                           has_mask=torch.full((2,), has_mask), label=torch.tensor([1, 0]),
+                           defect_type_id=torch.tensor([1, 0]) if has_mask else torch.full((2,), -1),
+                           class_mask=cm, object_id=torch.zeros(2, dtype=torch.long), defect_type=["scratch", "good"],
+                           object_name=["plate"] * 2, caption=[None, None], path=["a.png", "b.png"])
+
+    keys = []
+    for has_mask in (True, False):
+        metrics = Stage2Metrics(names, base=["scratch"])
+        b = batch(has_mask)
+        with torch.no_grad():
+            out = model(b.image, model.classifier.encode_names(names))
+        metrics.update(out, b, b.class_mask, b.defect_type_id, SetCriterion())
+        if has_mask:
+            keys.append(sorted(metrics.compute()))
+            continue
+        with pytest.warns(UserWarning):  # the rank without masks reports no-data values, and says so
+            keys.append(sorted(metrics.compute()))
+    assert keys[0] == keys[1]
+    assert {"miou", "iou_hole", "base_iou", "novel_iou", "accuracy", "segm_map", "pixel_auroc", "mask"} <= set(keys[0])
+
+
+def test_modules_built_in_python_save_no_networks_in_their_hyperparameters(model: Stage2Model) -> None:
+    from diffdefect import Stage1Module, Stage2Module
+    from diffdefect.stage1.presets import tiny_stage1
+
+    for module in (Stage2Module(model, test_classes=["x"]), Stage1Module(tiny_stage1(), ema_decay=None)):
+        assert not any(isinstance(v, torch.nn.Module) or callable(v) for v in module.hparams.values()), module.hparams
+    assert "test_classes" not in Stage2Module(model).hparams  # an evaluation switch: the command line wins

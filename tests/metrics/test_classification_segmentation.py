@@ -122,3 +122,24 @@ def test_iou_degenerate_and_errors():
         MeanIoU(3).update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="integer class labels"):
         MeanIoU(3).update(torch.rand(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_mean_iou_over_a_subset_of_classes() -> None:
+    """``classes``: the mean over the given classes that are present (the base / novel split of an
+    open-vocabulary test), 0.0 with a warning when none of them is."""
+    import pytest
+
+    from common.metrics import MeanIoU, PerClassIoU
+
+    target = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    preds = torch.tensor([[0, 1, 1, 1, 2, 0]])
+    per_class = PerClassIoU(4)
+    per_class.update(preds, target)
+    iou = per_class.compute()
+    subset = MeanIoU(4, classes=[1, 2])
+    subset.update(preds, target)
+    torch.testing.assert_close(subset.compute(), iou[[1, 2]].mean())
+    absent = MeanIoU(4, classes=[3])
+    absent.update(preds, target)
+    with pytest.warns(UserWarning, match="no class present"):
+        assert float(absent.compute()) == 0.0

@@ -1,0 +1,68 @@
+"""The stage-2 vocabularies: class names per stage, the data -> model id maps, the caption lexicon.
+
+Names (the background / defect-free class always first, index 0):
+
+* all names: ``vocabulary`` if given, else the DataModule's (``data_vocabulary``, whose first entry is ``"good"``);
+* training (and validation): the background and ``train_classes`` (default: every other name), so checkpoint
+  selection never sees a novel name;
+* test / predict: the background and ``test_classes`` (default: every other name), given in words only.
+
+Base on ``train_classes`` and novel on ``test_classes`` is the open-vocabulary switch. The lexicon maps caption
+phrases to canonical names (the inspection terms and the names above, :func:`~diffdefect.stage2.classifier.
+default_lexicon`); :attr:`Stage2Vocabulary.words` is every name whose text embedding a step may need, embedded
+once per setup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from common.data.types import NORMAL
+from common.data.vocabulary import id_mapping
+from diffdefect.stage2.classifier import default_lexicon
+
+STAGES = ("train", "val", "test", "predict")
+
+
+@dataclass
+class Stage2Vocabulary:
+    """Names per stage, id maps and the caption lexicon.
+
+    Attributes:
+        names: ``{stage: names}``, background first.
+        maps: ``{stage: (K_data,) int64 model id per data id}``, ``None`` where the data ids are the model's.
+        lexicon: Caption phrase -> canonical name.
+        words: Every name of ``names`` and ``lexicon`` (sorted, no repeats).
+    """
+
+    names: dict[str, list[str]]
+    maps: dict[str, torch.Tensor | None]
+    lexicon: dict[str, str]
+    words: list[str]
+
+    @classmethod
+    def build(cls, data_names: Sequence[str] | None, vocabulary: Sequence[str] | None = None,
+              train_classes: Sequence[str] | None = None, test_classes: Sequence[str] | None = None
+              ) -> Stage2Vocabulary:
+        """The vocabularies of a run (module docstring).
+
+        Args:
+            data_names: The DataModule's names (ids of its batches index them), or ``None`` (ids are the model's).
+            vocabulary: All names, overriding the data's.
+            train_classes: Base classes (default: all but the background).
+            test_classes: Classes named at test / predict time (default: all but the background).
+        """
+        names = list(vocabulary or data_names or [NORMAL])
+        background = NORMAL if NORMAL in names else names[0]
+        rest = [n for n in names if n != background]
+        train = [background] + [n for n in (train_classes or rest) if n != background]
+        test = [background] + [n for n in (test_classes or rest) if n != background]
+        per_stage = {"train": train, "val": train, "test": test, "predict": test}
+        data = list(data_names) if data_names else None
+        maps = {s: id_mapping(data, v) if data and data != v else None for s, v in per_stage.items()}
+        lexicon = default_lexicon(names)  # caption nouns: the inspection terms and the data's class names
+        words = sorted({*train, *test, *lexicon.values()})
+        return cls(per_stage, maps, lexicon, words)
