@@ -12,7 +12,11 @@ Two modes, same :class:`ImageTextBatch`:
 Exact resume: the training loader is seeded per epoch (``DistributedSampler`` with ``seed``, or the shard
 order/shuffle seeds) and the DataModule saves how many batches of the current epoch were consumed; after a
 resume the first epoch skips them (map-style: at the sampler, before any file is read; shards: before
-decoding).
+decoding; :mod:`common.data.resume`).
+
+Why in ``common`` (though stage 1 is its only user today): image-text pairs are data, read by the same readers
+(:class:`~common.data.readers.ManifestReader`) and written by any captioning tool; nothing here knows a model,
+and the frozen encoders that turn a batch into latents live with the model that names them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from common.data.errors import DataError
 from common.data.io import read_image
 from common.data.readers.manifest import ManifestReader
+from common.data.resume import ResumableDistributedSampler
 from common.data.types import SampleRecord, move_tensor_fields
 
 log = logging.getLogger(__name__)
@@ -185,27 +190,6 @@ class ManifestImageText(Dataset):
         }
 
 
-# ----------------------------------------------------------------------------- resumable sampling
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` (seeded per epoch with ``set_epoch``) that can skip the first samples once.
-
-    Used even on one process (``num_replicas=1``) so that the order is a function of (seed, epoch) only.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._skip = 0
-
-    def skip_once(self, n: int) -> None:
-        """The next iteration starts after its first ``n`` indices."""
-        self._skip = int(n)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        skip, self._skip = self._skip, 0
-        return iter(indices[skip:])
-
-
 # ----------------------------------------------------------------------------- the DataModule
 class ImageTextDataModule(L.LightningDataModule):
     """Image-text pairs from a JSONL manifest or WebDataset-format tar shards.
@@ -310,7 +294,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
 
     def _loader(self, dataset: Any, batch_size: int, sampler: Any = None) -> DataLoader:
-        from common.data.shards import EpochDataLoader, ShardDataset
+        from common.data.resume import EpochDataLoader
+        from common.data.shards import ShardDataset
 
         kwargs = {
             "batch_size": batch_size,

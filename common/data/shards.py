@@ -15,6 +15,11 @@ same on every rank), reader ``w`` takes whole shards ``w, w + W, ...`` of the fi
 ``R = S % W`` remaining shards are shared: reader ``w`` reads remainder shard ``w % R`` and keeps the samples whose
 index ``i`` in it satisfies ``i % k == w // R`` (``k`` readers share that shard). Every sample is seen exactly
 once per epoch, and each reader opens at most ``S // W + 1`` shards.
+
+Why in ``common`` (though today only stage 1 streams shards): a shard is a storage format for any data set too
+large for one folder listing (DESIGN section 5), with nothing diffusion-specific in it; image-text pairs
+(:mod:`common.data.image_text`) and any later model family read it the same way. The loader that resumes a
+sharded epoch mid-way lives in :mod:`common.data.resume` (re-exported here).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
+
+from common.data.resume import EpochDataLoader, round_robin_skip
 
 INDEX_FILE = "index.json"
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -213,31 +220,6 @@ def assign(num_shards: int, num_readers: int, reader: int) -> list[tuple[int, in
     return out
 
 
-def round_robin_skip(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
-    """How to make a DataLoader skip its first ``skip`` batches and then continue in exactly the same order.
-
-    PyTorch's loader yields worker batches round-robin (round ``r``: worker 0, 1, ... each gives its ``r``-th
-    batch, workers that ran out drop out). Restarting workers mid-round would shift the interleaving, so each
-    worker skips the whole rounds before the resume point, and the loader drops the first few batches of the
-    resume round.
-
-    Args:
-        counts: Batches each worker yields this epoch.
-        skip: Batches already consumed.
-
-    Returns:
-        ``(batches to skip per worker, batches for the loader to drop)``.
-    """
-    r = 0
-    while skip > 0:
-        active = sum(1 for c in counts if c > r)
-        if active == 0 or skip < active:
-            break
-        skip -= active
-        r += 1
-    return [min(c, r) for c in counts], skip
-
-
 class ShardDataset(IterableDataset):
     """Streams samples from tar shards, each sample exactly once per epoch over all ranks and workers.
 
@@ -372,62 +354,15 @@ def _shuffled(stream: Iterator[Any], size: int, rng: np.random.Generator) -> Ite
         yield buf[j]
 
 
-class _LazyIterator:
-    """Creates the wrapped iterator on the first ``next``."""
-
-    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
-        self._start = start
-        self._it: Iterator[Any] | None = None
-
-    def __iter__(self) -> _LazyIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._it is None:
-            self._it = self._start()
-        return next(self._it)
-
-
-class EpochDataLoader(DataLoader):
-    """``DataLoader`` over a :class:`ShardDataset` that tells it the epoch (and a one-time skip) at each
-    ``iter()``, before workers copy it, and reports the exact number of batches as its length.
-
-    Args:
-        epoch_fn: Returns the current epoch (the DataModule passes the trainer's).
-        *args: ``DataLoader`` arguments.
-        **kwargs: ``DataLoader`` keyword arguments.
-    """
-
-    def __init__(self, *args: Any, epoch_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.epoch_fn = epoch_fn
-        self._skip: int | None = None
-
-    def skip_once(self, batches: int) -> None:
-        """The next iteration starts after ``batches`` batches."""
-        self._skip = batches
-
-    def __iter__(self) -> Any:
-        # Lazy: the epoch is read (and workers started) at the first ``next``, i.e. after Lightning has moved
-        # to the epoch (it creates the iterator early, e.g. before a resumed run enters its next epoch).
-        return _LazyIterator(self._start)
-
-    def _start(self) -> Any:
-        ds = self.dataset
-        if self.epoch_fn is not None:
-            ds.set_epoch(self.epoch_fn())
-        ds.skip_per_worker = None
-        drop = 0
-        if self._skip:
-            drop = ds.skip_batches_once(self._skip, self.batch_size, max(1, self.num_workers))
-            self._skip = None
-        it = super().__iter__()
-        for _ in range(drop):  # fewer than num_workers batches, decoded and discarded
-            next(it, None)
-        return it
-
-    def __len__(self) -> int:
-        ds = self.dataset
-        if getattr(ds, "counts", None) is None:
-            raise TypeError("no length: the shards have no index.json")
-        return ds.num_batches(self.batch_size, self.num_workers)
+__all__ = [
+    "EpochDataLoader",
+    "ShardDataset",
+    "ShardWriter",
+    "assign",
+    "encode_field",
+    "expand_urls",
+    "iter_tar_samples",
+    "read_index",
+    "round_robin_skip",
+    "split_key",
+]

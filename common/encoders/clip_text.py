@@ -9,6 +9,9 @@
 Weights load with ``from_pretrained`` from a local folder or a hub id (``subfolder="text_encoder"`` for an SD
 pipeline repo). A folder without tokenizer files can still be used: :func:`write_clip_tokenizer` writes CLIP's
 BPE tokenizer (``vocab.json`` + ``merges.txt``) from the copy that ships inside open_clip, offline.
+
+Why in ``common/encoders``: stage 1 is its main user, but it implements the common text-encoder interface, so
+CLIP-MDC's prompts or stage 2's class names can take it as well.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ back. Encoding is split in two so that latents can be precomputed once and sampl
 
 Weights come from a local folder or a hub id (``from_pretrained(path_or_id, subfolder="vae")``; users with
 internet), or from a random tiny preset (tests, CPU smoke runs: no weights at all).
+
+Why in ``common/encoders``: it is a frozen encoder like the others (one wrapper, out of checkpoints), used by
+stage 1, by stage 2 through the stage-1 model, and by the benchmarks' feature probes.
 """
 
 from __future__ import annotations
