@@ -55,6 +55,7 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "export": (_lazy("clipmdc.export", "export_main"), "export a trained CLIP-MDC checkpoint to ONNX/TorchScript"),
     "onnx-predict": (_lazy("clipmdc.export", "onnx_predict_main"), "predict image files/folders with an ONNX file"),
     "captions": (_lazy("diffdefect.captions", "main"), "build an image-text manifest with templated captions"),
+    "corpus": (_lazy("common.data.corpus", "main"), "consolidate reader configs into one multi-domain corpus"),
     "precompute": (_lazy("diffdefect.precompute", "main"), "encode images/captions once into latent shards"),
     "sample": (_lazy("diffdefect.sampling", "main"), "generate images from text with a stage-1 checkpoint"),
 }

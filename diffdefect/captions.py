@@ -1,25 +1,9 @@
 """Image-text manifests from labelled defect datasets, with templated expert-style captions.
 
-IMDD-1M pairs each image with an expert-verified description of about 42 words (object, defect type,
-location, severity, surface context). Public datasets have labels and masks but no text; this module writes
-such descriptions from what the labels say, deterministically:
-
-* object and surface context (a short phrase per known object, e.g. "brushed metal surface");
-* defect type in inspection vocabulary ("scratch" -> "linear scratch");
-* location from the mask centroid on a 3x3 grid ("upper left", "center", "lower right"...);
-* size from the mask area fraction (tiny < 0.5% <= small < 2% <= medium < 8% <= large < 20% <= extensive)
-  and severity from it (minor / moderate / severe);
-* a template chosen by a stable hash of the image path, so the same dataset always gives the same text.
-
-The nouns (object and defect type) are stored as ``nouns`` for stage-2 grounding. Examples (demo data)::
-
-    A close-up inspection image of a plate, a brushed metal surface with fine parallel streaks. A small linear
-    scratch is visible in the upper left region, covering about 1.2% of the area; the defect is moderate and
-    clearly breaks the regular surface texture.
-
-    A close-up inspection image of a fabric, a woven textile surface with a regular weave pattern. The surface
-    is uniform and free of defects: no scratches, holes, stains or deformations are visible, and the texture is
-    consistent across the whole field of view.
+The caption templates (object and surface context, defect terms, location, size and severity from the mask)
+live in :mod:`common.data.captions`, next to the data they describe, and are re-exported here; this module
+writes the manifest of one dataset. For many datasets at once, with unified defect names and splits, use
+``defectfm corpus`` (:mod:`common.data.corpus`).
 
 Command line (also ``defectfm captions``)::
 
@@ -31,15 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from common.data.io import read_mask_array
+from common.data.captions import (  # re-exported: stage 2, sampling and the tests use them from here
+    DEFECT_TERMS,
+    LOCATIONS,
+    SURFACES,
+    Caption,
+    caption_for,
+    mask_location,
+    readable,
+    size_and_severity,
+)
+from common.data.corpus import manifest_entry
 from common.data.readers import (
+    BoxReader,
     ClassIdSegReader,
     FolderReader,
     KSDD2Reader,
@@ -49,8 +40,22 @@ from common.data.readers import (
     Reader,
     VisAReader,
 )
-from common.data.types import NORMAL, SampleRecord
-from common.regions import grid_cell
+from common.data.types import SampleRecord
+
+__all__ = [
+    "DEFECT_TERMS",
+    "LOCATIONS",
+    "READERS",
+    "SURFACES",
+    "Caption",
+    "build_manifest",
+    "caption_for",
+    "main",
+    "manifest_entries",
+    "mask_location",
+    "readable",
+    "size_and_severity",
+]
 
 READERS: dict[str, type[Reader]] = {
     "mvtec": MVTecReader,
@@ -58,205 +63,19 @@ READERS: dict[str, type[Reader]] = {
     "magnetic_tile": MagneticTileReader,
     "neu_seg": ClassIdSegReader,
     "class_id": ClassIdSegReader,
+    "boxes": BoxReader,
     "ksdd2": KSDD2Reader,
     "folder": FolderReader,
     "manifest": ManifestReader,
 }
 
-SURFACES: dict[str, str] = {
-    # demo data
-    "plate": "a brushed metal surface with fine parallel streaks",
-    "fabric": "a woven textile surface with a regular weave pattern",
-    "wood": "a wood surface with curved growth rings",
-    # MVTec AD
-    "bottle": "a glass bottle seen from above with a reflective rim",
-    "cable": "a three-core cable cross-section with coloured insulation",
-    "capsule": "a glossy pharmaceutical capsule with printed lettering",
-    "carpet": "a carpet surface with a dense fibre texture",
-    "grid": "a metal grid with a regular mesh pattern",
-    "hazelnut": "a hazelnut shell with a natural brown texture",
-    "leather": "a leather surface with a fine grain",
-    "metal_nut": "a machined metal nut with flat faces",
-    "pill": "a white pill with coloured speckles",
-    "screw": "a threaded metal screw on a plain background",
-    "tile": "a ceramic tile surface with a mottled pattern",
-    "toothbrush": "a toothbrush head with dense bristles",
-    "transistor": "a through-hole transistor mounted on a board",
-    "zipper": "a zipper with interlocking metal teeth",
-    # VisA, magnetic tile, NEU, KSDD2
-    "candle": "a wax candle surface",
-    "pcb1": "a printed circuit board with components and traces",
-    "pcb2": "a printed circuit board with components and traces",
-    "pcb3": "a printed circuit board with components and traces",
-    "pcb4": "a printed circuit board with components and traces",
-    "magnetic_tile": "a magnetic tile with a matte ceramic surface",
-    "steel_strip": "a hot-rolled steel strip surface",
-    "electrical_commutator": "an electrical commutator surface with polished segments",
-}
-
-DEFECT_TERMS: dict[str, str] = {
-    "scratch": "linear scratch",
-    "hole": "puncture hole",
-    "stain": "discoloured stain",
-    "crack": "crack",
-    "blowhole": "blowhole",
-    "break": "edge break",
-    "fray": "frayed edge",
-    "uneven": "uneven surface region",
-    "inclusion": "inclusion",
-    "patches": "surface patch",
-    "scratches": "linear scratch",
-    "contamination": "contamination",
-    "color": "colour defect",
-    "cut": "cut",
-    "fold": "fold",
-    "glue": "glue residue",
-    "poke": "poke mark",
-    "thread": "loose thread",
-    "defect": "surface defect",
-}
-
-LOCATIONS = (("upper left", "top center", "upper right"), ("left", "center", "right"), ("lower left", "bottom center", "lower right"))
-_SIZES = ((0.005, "tiny", "minor"), (0.02, "small", "moderate"), (0.08, "medium-sized", "moderate"), (0.2, "large", "severe"), (1.01, "extensive", "severe"))
-
-_OPENINGS = (
-    "A close-up inspection image of a {obj}, {surface}.",
-    "An industrial inspection photograph of a {obj}, showing {surface}.",
-    "A high-resolution quality-control image of a {obj}, {surface}.",
-)
-_DEFECT_SENTENCES = (
-    "A {size} {term} is visible in the {location} region, covering about {pct:.1f}% of the area; the defect is "
-    "{severity} and clearly breaks the regular surface texture.",
-    "In the {location} region there is a {size} {term} covering about {pct:.1f}% of the image, a {severity} flaw "
-    "that interrupts the otherwise uniform surface and would fail visual inspection.",
-    "The {location} part of the {obj} shows a {size} {term} over about {pct:.1f}% of the surface; its severity is "
-    "{severity}, with a sharp contrast against the surrounding material.",
-)
-_NOMASK_SENTENCES = (
-    "A {term} is visible on the surface; its exact extent is not annotated, and the flaw would fail visual "
-    "inspection because it breaks the regular texture of the {obj}.",
-)
-_NORMAL_SENTENCES = (
-    "The surface is uniform and free of defects: no scratches, holes, stains or deformations are visible, and "
-    "the texture is consistent across the whole field of view.",
-    "No defect is present; the {obj} shows a clean, consistent texture without scratches, cracks, holes or "
-    "discolouration, and it passes visual inspection.",
-)
-
-
-@dataclass(frozen=True)
-class Caption:
-    """A generated caption.
-
-    Attributes:
-        text: The description.
-        nouns: Grounding nouns (object, defect type) for stage 2.
-        location: Grid location of the defect (``None`` for normal or unmasked samples).
-        area_fraction: Defect area / image area (``None`` without a mask).
-    """
-
-    text: str
-    nouns: tuple[str, ...]
-    location: str | None
-    area_fraction: float | None
-
-
-def readable(name: str) -> str:
-    """``"metal_nut"`` -> ``"metal nut"``."""
-    return name.replace("_", " ").replace("-", " ").strip().lower()
-
-
-def mask_location(mask: np.ndarray) -> str:
-    """Grid cell (3x3) of the centroid of a binary ``(H, W)`` mask, e.g. ``"upper left"``."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    row, col = grid_cell(float(xs.mean()), float(ys.mean()), w, h)
-    return LOCATIONS[row][col]
-
-
-def size_and_severity(area_fraction: float) -> tuple[str, str]:
-    """Size word and severity word for a defect covering ``area_fraction`` of the image."""
-    for limit, size, severity in _SIZES:
-        if area_fraction < limit:
-            return size, severity
-    return _SIZES[-1][1], _SIZES[-1][2]
-
-
-def _pick(options: Sequence[str], key: str, salt: int) -> str:
-    return options[zlib.crc32(f"{salt}:{key}".encode()) % len(options)]
-
-
-def caption_for(record: SampleRecord, mask: np.ndarray | None = None) -> Caption:
-    """The templated caption of one record.
-
-    Args:
-        record: The record (object, defect type, image path for the template choice).
-        mask: ``(H, W)`` binary defect mask, or ``None``.
-
-    Returns:
-        :class:`Caption`.
-    """
-    obj = readable(record.object_name)
-    surface = SURFACES.get(record.object_name, f"a {obj} surface")
-    key = str(record.image_path.name if isinstance(record.image_path, Path) else record.image_path) + record.object_name
-    opening = _pick(_OPENINGS, key, 0).format(obj=obj, surface=surface)
-    anomalous = record.is_anomalous if record.is_anomalous is not None else bool(mask is not None and mask.any())
-    if not anomalous or record.defect_type == NORMAL:
-        body = _pick(_NORMAL_SENTENCES, key, 1).format(obj=obj)
-        return Caption(f"{opening} {body}", (obj,), None, 0.0 if mask is not None else None)
-    dtype = readable(record.defect_type)
-    term = DEFECT_TERMS.get(record.defect_type.lower(), dtype)
-    if mask is not None and mask.any():
-        frac = float(mask.mean())
-        size, severity = size_and_severity(frac)
-        location = mask_location(mask)
-        body = _pick(_DEFECT_SENTENCES, key, 2).format(
-            size=size, term=term, location=location, pct=100 * frac, severity=severity, obj=obj
-        )
-        return Caption(f"{opening} {body}", (obj, dtype), location, frac)
-    body = _pick(_NOMASK_SENTENCES, key, 3).format(term=term, obj=obj)
-    return Caption(f"{opening} {body}", (obj, dtype), None, None)
-
-
-def _binary_mask(record: SampleRecord) -> np.ndarray | None:
-    if record.mask_path is None:
-        return None
-    raw = read_mask_array(record.mask_path)
-    if record.mask_kind == "class_id":
-        return (raw > 0).astype(np.uint8)
-    return (raw > record.mask_threshold).astype(np.uint8)
-
 
 def manifest_entries(records: Sequence[SampleRecord], base: Path | None = None) -> list[dict]:
-    """Manifest lines (dicts) for ``records``; paths relative to ``base`` when given."""
+    """Manifest lines (dicts) for ``records``; paths relative to ``base`` when given (absolute otherwise).
 
-    def rel(p: Path) -> str:
-        if base is None:
-            return str(Path(p).resolve())
-        return os.path.relpath(Path(p).resolve(), base.resolve())
-
-    entries = []
-    for rec in records:
-        mask = _binary_mask(rec)
-        cap = caption_for(rec, mask)
-        entry = {
-            "image": rel(rec.image_path),
-            "caption": cap.text,
-            "object": rec.object_name,
-            "defect_type": rec.defect_type,
-            "label": 1 if (rec.is_anomalous and rec.defect_type != NORMAL) else 0,
-            "nouns": list(cap.nouns),
-        }
-        if rec.mask_path is not None:
-            entry["mask"] = rel(rec.mask_path)
-            if rec.mask_kind == "binary":
-                entry["mask_threshold"] = rec.mask_threshold
-        if rec.split is not None:
-            entry["split"] = rec.split
-        if cap.location is not None:
-            entry["location"] = cap.location
-        entries.append(entry)
-    return entries
+    One line per record, as :func:`common.data.corpus.manifest_entry` writes it (the corpus uses the same lines).
+    """
+    return [manifest_entry(rec, base) for rec in records]
 
 
 def build_manifest(reader: Reader, out: str | os.PathLike, relative: bool = True) -> Path:

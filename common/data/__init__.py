@@ -5,6 +5,7 @@ from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
 from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from common.data.readers import (
+    BoxReader,
     ClassIdSegReader,
     FolderReader,
     KSDD2Reader,
@@ -19,6 +20,7 @@ from common.data.types import NORMAL, DefectBatch, Sample, SampleRecord
 
 __all__ = [
     "NORMAL",
+    "BoxReader",
     "ClassIdSegReader",
     "DataError",
     "DefectBatch",

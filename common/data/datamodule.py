@@ -111,7 +111,8 @@ class DefectDataModule(L.LightningDataModule):
             return list(dict.fromkeys(names))
         if isinstance(self.reader, ClassIdSegReader):
             return [NORMAL, *self.reader.class_names]
-        found = sorted({r.defect_type for r in self.reader.records()} - {NORMAL})
+        records = self.reader.records()  # class names too: a class may never be an image's main defect type
+        found = sorted(({r.defect_type for r in records} | {n for r in records for n in r.class_names}) - {NORMAL})
         return [NORMAL, *found]
 
     @property

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from common.data.errors import DataError
+from common.data.masks import record_masks
 from common.data.types import Sample, SampleRecord
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -62,30 +63,10 @@ def load_sample(record: SampleRecord) -> Sample:
 
     Raises:
         DataError: Unreadable image or mask, or a mask whose size differs from its image (names both files
-            and both sizes).
+            and both sizes); see :func:`common.data.masks.record_masks`.
     """
     image = read_image(record.image_path)
-    mask = class_mask = None
-    if record.mask_path is not None:
-        raw = read_mask_array(record.mask_path)
-        if raw.shape[:2] != image.shape[:2]:
-            ih, iw = image.shape[:2]
-            mh, mw = raw.shape[:2]
-            raise DataError(
-                f"mask {record.mask_path} is {mw}x{mh} (WxH) but its image {record.image_path} is {iw}x{ih}; "
-                "masks must have the size of their image"
-            )
-        if record.mask_kind == "class_id":
-            class_mask = raw.astype(np.int64)
-            k = len(record.class_names)
-            if class_mask.max(initial=0) > k:
-                raise DataError(
-                    f"mask {record.mask_path} holds class id {int(class_mask.max())} but only {k} classes "
-                    f"are known ({', '.join(record.class_names)})"
-                )
-            mask = (class_mask > 0).astype(np.uint8)
-        else:
-            mask = (raw > record.mask_threshold).astype(np.uint8)
+    mask, class_mask = record_masks(record, image.shape[:2])
     is_anomalous = bool(record.is_anomalous) if record.is_anomalous is not None else bool(
         mask is not None and mask.any()
     )
@@ -98,4 +79,5 @@ def load_sample(record: SampleRecord) -> Sample:
         caption=record.caption,
         path=str(record.image_path),
         class_mask=class_mask,
+        mask_quality=record.mask_quality,
     )

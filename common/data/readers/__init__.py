@@ -1,6 +1,7 @@
 """Dataset readers, one per on-disk layout. Each lists :class:`~common.data.types.SampleRecord` s."""
 
 from common.data.readers.base import Reader
+from common.data.readers.boxes import BoxReader
 from common.data.readers.class_id_seg import ClassIdSegReader
 from common.data.readers.folder import FolderReader
 from common.data.readers.ksdd2 import KSDD2Reader
@@ -10,6 +11,7 @@ from common.data.readers.mvtec import MVTecReader
 from common.data.readers.visa import VisAReader
 
 __all__ = [
+    "BoxReader",
     "ClassIdSegReader",
     "FolderReader",
     "KSDD2Reader",

@@ -13,6 +13,7 @@ Masks are looked up in ``mask_dir`` by image stem, with or without ``mask_suffix
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 from common.data.errors import DataError
@@ -20,6 +21,7 @@ from common.data.io import list_images, read_mask_array
 from common.data.readers.base import Reader, require_images
 from common.data.types import NORMAL, SampleRecord
 
+log = logging.getLogger(__name__)
 NORMAL_NAMES = {"good", "ok", "normal", "0", "pass", "free"}
 DEFECT_NAMES = {"ng", "1", "bad", "defect", "defective", "anomaly", "fail"}
 
@@ -36,6 +38,9 @@ class FolderReader(Reader):
         default_defect_type: Defect type of samples labelled only as defective.
         mask_threshold: A mask pixel above this value is a defect (0 suits 0/1 and 0/255 PNG masks; use 127
             for masks saved as JPEG).
+        skip_unmasked: Flat layout only: leave out images that have no mask (e.g. unlabelled extras beside a
+            labelled set) instead of listing them as unlabelled; a warning gives their number, and
+            ``left_out`` lists them.
     """
 
     layout = "generic folder"
@@ -50,6 +55,7 @@ class FolderReader(Reader):
         object_name: str = "object",
         default_defect_type: str = "defect",
         mask_threshold: int = 0,
+        skip_unmasked: bool = False,
     ) -> None:
         super().__init__(root)
         self.mask_dir = (self.root / mask_dir) if mask_dir else None
@@ -58,6 +64,8 @@ class FolderReader(Reader):
         self.object_name = object_name
         self.default_defect_type = default_defect_type
         self.mask_threshold = mask_threshold
+        self.skip_unmasked = skip_unmasked
+        self.left_out: list[Path] = []
 
     def _mask_for(self, image: Path, required: bool = False) -> Path | None:
         if self.mask_dir is None:
@@ -128,8 +136,12 @@ class FolderReader(Reader):
 
     def _from_flat(self) -> list[SampleRecord]:
         records = []
+        self.left_out = []
         for img in list_images(self.root):
             mask = self._mask_for(img)
+            if mask is None and self.skip_unmasked and self.mask_dir is not None:
+                self.left_out.append(img)
+                continue
             if mask is None:
                 records.append(SampleRecord(img, self.object_name, NORMAL, None))
                 continue
@@ -138,4 +150,7 @@ class FolderReader(Reader):
                 SampleRecord(img, self.object_name, self.default_defect_type if anomalous else NORMAL, anomalous,
                              mask_path=mask, mask_threshold=self.mask_threshold)
             )
+        if self.left_out:
+            log.warning("%s: %d images without a mask in %s left out (skip_unmasked)", self.root, len(self.left_out),
+                        self.mask_dir)
         return records
