@@ -24,7 +24,7 @@ from clipmdc.prompts import normalize_vocabulary
 from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
 from common.data.types import DefectBatch
 from common.metrics import anomaly_metrics, defect_type_metrics
-from common.prediction import ImagePrediction
+from common.prediction import ImagePrediction, predict_readable
 from common.synthesis.generator import PerlinAnomalyGenerator
 
 
@@ -242,6 +242,8 @@ class CLIPMDCModule(L.LightningModule):
 
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
         """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`)."""
+        if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
+            return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
         object_ids = self._object_ids(batch)
         output = self.model(batch.image, object_ids)
         prompts = self.model.closest_prompts(output.embedding, object_ids)
