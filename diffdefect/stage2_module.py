@@ -41,6 +41,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.types import NORMAL, DefectBatch, SampleRecord
+from common.encoders.frozen import expect_frozen_eval_modules
 from common.metrics import DetectionMAP, MeanIoU, PerClassIoU, anomaly_metrics, defect_type_metrics
 from common.prediction import ImagePrediction, predict_readable
 from diffdefect.criterion import Grounding, SetCriterion
@@ -158,6 +159,10 @@ class Stage2OpenVocab(L.LightningModule):
         data_names = list(getattr(dm, "vocabulary", None) or []) or None
         self._configure(data_names)
         self.to(self.device)
+
+    def on_fit_start(self) -> None:
+        """The frozen stage-1 U-Net and text encoder are in eval mode by design: no warning about them."""
+        expect_frozen_eval_modules(self)
 
     def text(self, stage: str) -> torch.Tensor:
         """``(K, D)`` class embeddings of the stage's vocabulary."""
