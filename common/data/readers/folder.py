@@ -19,6 +19,7 @@ and are never read as images themselves. Hidden and system files/folders (``.*``
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 from common.data.errors import DataError
@@ -26,6 +27,7 @@ from common.data.io import is_ignored, list_images, read_mask_array
 from common.data.readers.base import Reader, require_images
 from common.data.types import NORMAL, SampleRecord
 
+log = logging.getLogger(__name__)
 NORMAL_NAMES = {"good", "ok", "normal", "0", "pass", "free"}
 DEFECT_NAMES = {"ng", "1", "bad", "defect", "defective", "anomaly", "fail"}
 MASK_SUFFIXES = ("_mask", "_label", "_labels", "_gt", "_seg", "_annotation")
@@ -57,6 +59,9 @@ class FolderReader(Reader):
             ``"auto"``: groups when the sub-folders hold image + mask pairs, none is named like a normal class
             (``good``/``ok``/...) and some masks are empty (normal images are then known by their empty mask,
             not by a folder); classes otherwise.
+        skip_unmasked: Flat layout with ``mask_dir`` only: leave out images that have no mask (e.g. unlabelled
+            extras beside a labelled set) instead of listing them as unlabelled; a warning gives their number, and
+            ``left_out`` lists them.
     """
 
     layout = "generic folder"
@@ -75,6 +80,7 @@ class FolderReader(Reader):
         default_defect_type: str = "defect",
         mask_threshold: int = 0,
         subfolders: str = "auto",
+        skip_unmasked: bool = False,
     ) -> None:
         super().__init__(root)
         if subfolders not in SUBFOLDER_MODES:
@@ -86,6 +92,8 @@ class FolderReader(Reader):
         self.default_defect_type = default_defect_type
         self.mask_threshold = mask_threshold
         self.subfolders = subfolders
+        self.skip_unmasked = skip_unmasked
+        self.left_out: list[Path] = []
         self.subfolder_mode: str | None = None
         """What the sub-folders were read as (``"classes"``/``"groups"``), ``None`` for flat or CSV data."""
 
@@ -251,4 +259,9 @@ class FolderReader(Reader):
 
     def _from_flat(self, pairs: list[Pair]) -> list[SampleRecord]:
         cache: dict[Path, bool] = {}
-        return [self._by_mask(img, mask, cache) for img, mask in pairs]
+        skip = self.skip_unmasked and self.mask_dir is not None
+        self.left_out = [img for img, mask in pairs if skip and mask is None]
+        if self.left_out:
+            log.warning("%s: %d images without a mask in %s left out (skip_unmasked)", self.root, len(self.left_out),
+                        self.mask_dir)
+        return [self._by_mask(img, mask, cache) for img, mask in pairs if not (skip and mask is None)]
