@@ -5,7 +5,9 @@ is a :class:`DefectCLI` (a LightningCLI in subclass mode: model and data are cho
 YAML). ``defectfm`` is the same command with project tools added as extra sub-commands, e.g.
 ``defectfm demo-data --out data/demo``.
 
-Bad input data ends with one line naming the file and the problem (exit code 2), not a traceback.
+Bad input data ends with one line naming the file and the problem (exit code 2), not a traceback. A prediction
+run that could not read some files still predicts all the others, lists the failures in ``errors.csv`` and exits
+with code 3 (:data:`common.prediction.EXIT_SOME_FAILED`).
 """
 
 from __future__ import annotations
@@ -38,19 +40,19 @@ def _demo_data(argv: Sequence[str]) -> None:
     demo_main(argv)
 
 
-def _lazy(module: str, function: str) -> Callable[[Sequence[str]], None]:
+def _lazy(module: str, function: str) -> Callable[[Sequence[str]], int | None]:
     """A command implemented in a model package, imported only when it runs (``common`` never imports it
     at module level, so the data layer stays independent of the model families)."""
 
-    def run(argv: Sequence[str]) -> None:
+    def run(argv: Sequence[str]) -> int | None:
         import importlib
 
-        getattr(importlib.import_module(module), function)(argv)
+        return getattr(importlib.import_module(module), function)(argv)
 
     return run
 
 
-EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
     "demo-data": (_demo_data, "write the generated demo dataset (MVTec layout)"),
     "export": (_lazy("clipmdc.export", "export_main"), "export a trained CLIP-MDC checkpoint to ONNX/TorchScript"),
     "onnx-predict": (_lazy("clipmdc.export", "onnx_predict_main"), "predict image files/folders with an ONNX file"),
@@ -67,17 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv and argv[0] in EXTRA_COMMANDS:
-        EXTRA_COMMANDS[argv[0]][0](argv[1:])
-        return 0
+        return int(EXTRA_COMMANDS[argv[0]][0](argv[1:]) or 0)  # a tool may return an exit code
     if argv and argv[0] in ("-h", "--help"):
         extra = "\n".join(f"  {k:<12} {v[1]}" for k, v in EXTRA_COMMANDS.items())
         print(f"defectfm tools (besides fit/validate/test/predict below):\n{extra}\n")
     try:
-        DefectCLI(args=None if from_sys else argv)
+        cli = DefectCLI(args=None if from_sys else argv)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    from common.prediction import EXIT_SOME_FAILED, failed_predictions
+
+    return EXIT_SOME_FAILED if failed_predictions(cli.trainer) else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.image_text import ImageTextBatch
+from common.encoders.frozen import expect_frozen_eval_modules
 from diffdefect.ema import EMA
 from diffdefect.loss import Stage1Loss
 from diffdefect.model import Stage1Model
@@ -97,6 +98,7 @@ class Stage1Diffusion(L.LightningModule):
             self._compiled = True
 
     def on_fit_start(self) -> None:
+        expect_frozen_eval_modules(self)  # the frozen VAE/text encoder are in eval mode by design: no warning
         if self.ema_decay is not None and self.ema is None:
             self.ema = EMA(self.model, self.ema_decay)
         if self.ema is not None:

@@ -41,8 +41,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from common.data.types import NORMAL, DefectBatch, SampleRecord
+from common.encoders.frozen import expect_frozen_eval_modules
 from common.metrics import DetectionMAP, MeanIoU, PerClassIoU, anomaly_metrics, defect_type_metrics
-from common.prediction import ImagePrediction
+from common.prediction import ImagePrediction, predict_readable
 from diffdefect.criterion import Grounding, SetCriterion
 from diffdefect.open_vocab import caption_nouns, default_lexicon
 from diffdefect.stage2_data import base_only, detection_targets, id_mapping, remap, set_targets
@@ -158,6 +159,10 @@ class Stage2OpenVocab(L.LightningModule):
         data_names = list(getattr(dm, "vocabulary", None) or []) or None
         self._configure(data_names)
         self.to(self.device)
+
+    def on_fit_start(self) -> None:
+        """The frozen stage-1 U-Net and text encoder are in eval mode by design: no warning about them."""
+        expect_frozen_eval_modules(self)
 
     def text(self, stage: str) -> torch.Tensor:
         """``(K, D)`` class embeddings of the stage's vocabulary."""
@@ -289,6 +294,8 @@ class Stage2OpenVocab(L.LightningModule):
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
         """One :class:`~common.prediction.ImagePrediction` per image (overlay labelled with the class names,
         anomaly map, JSON record with the classes, their regions and RLE masks)."""
+        if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
+            return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
         out = self.model(batch.image, self.text("predict"))
         scores = semantic_scores(out.class_logits, out.pred_masks, tuple(batch.image.shape[-2:]))  # (B, K, H, W)
         return [explain(img, s, self.names["predict"], p, threshold=self.pixel_threshold)

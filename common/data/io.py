@@ -19,9 +19,31 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Sorted image files directly inside ``folder``."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
+"""System files and folders that never hold data (besides every name starting with ``.``)."""
+
+
+def is_ignored(path: Path) -> bool:
+    """Whether ``path`` is a hidden or system file/folder (``.*``, ``__MACOSX``, ``Thumbs.db``, ``desktop.ini``)."""
+    return path.name.startswith(".") or path.name in IGNORED_NAMES
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files inside ``folder``, hidden and system files/folders ignored (:func:`is_ignored`).
+
+    Args:
+        folder: The folder.
+        recursive: Also walk sub-folders (ignored folders are not entered).
+    """
+    out = []
+    for p in Path(folder).iterdir():
+        if is_ignored(p):
+            continue
+        if p.is_file() and is_image_file(p):
+            out.append(p)
+        elif recursive and p.is_dir():
+            out += list_images(p, recursive=True)
+    return sorted(out)
 
 
 def _open(path: Path) -> Image.Image:
@@ -35,16 +57,26 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Reads an image as ``(H, W, 3)`` uint8 RGB, whatever its mode (L, RGBA, I;16...).
+
+    16-bit images (PIL modes ``I;16*``, and ``I``, which is how Pillow opens 16-bit PNGs) are scaled by their
+    bit depth, ``round(value * 255 / 65535)``, the same for every image: absolute intensity is kept, so a dark
+    image stays dark (no per-image min-max stretch, which would make a blank part look like a contrasted one).
+    Data with fewer significant bits (a 12-bit camera saving 16-bit files) therefore looks darker than full
+    range, identically at training and at prediction. Values outside ``[0, 65535]`` (32-bit ``I`` files) are
+    clipped.
 
     Raises:
         DataError: The file is missing, truncated or not an image; the message names it.
     """
     img = _open(Path(path))
-    if img.mode in ("I;16", "I;16B", "I"):
+    if img.mode in _HIGH_BIT_DEPTH_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        arr = (255.0 * (arr - arr.min()) / max(arr.max() - arr.min(), 1.0)).astype(np.uint8)
+        arr = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 

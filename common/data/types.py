@@ -114,6 +114,9 @@ class DefectBatch:
         object_name: Object names, length B.
         caption: Captions (``None`` where absent), length B.
         path: Image paths, length B.
+        error: Per image ``None``, or why the file could not be read (a one-line :class:`DataError` message).
+            Only predict datasets mark unreadable files this way (their pixels are zeros); training, validation
+            and test stop at the first bad file. ``None`` for the whole field: no image failed.
     """
 
     image: torch.Tensor
@@ -127,9 +130,29 @@ class DefectBatch:
     object_name: list[str]
     caption: list[str | None]
     path: list[str]
+    error: list[str | None] | None = None
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    @property
+    def failed(self) -> list[int]:
+        """Indices of the images that could not be read (see :attr:`error`)."""
+        return [i for i, e in enumerate(self.error or []) if e is not None]
+
+    def select(self, indices: list[int]) -> DefectBatch:
+        """The sub-batch of ``indices`` (every field, tensors and lists, in that order)."""
+        index = torch.tensor(indices, dtype=torch.long)
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                values[f.name] = v[index.to(v.device)]
+            elif isinstance(v, list):
+                values[f.name] = [v[i] for i in indices]
+            else:
+                values[f.name] = v
+        return DefectBatch(**values)
 
     def to(self, device: torch.device | str, **kwargs: Any) -> DefectBatch:
         """Moves every tensor field to ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""

@@ -52,9 +52,9 @@ def test_macro_f1_ignores_classes_absent_everywhere():
 def test_no_samples_and_normalized_confusion_matrix():
     acc, f1 = DefectTypeAccuracy(3), DefectTypeMacroF1(3)
     with pytest.warns(UserWarning):
-        assert float(acc.compute()) == 0.0
+        assert torch.isnan(acc.compute())  # no sample: undefined, not 0.0
     with pytest.warns(UserWarning):
-        assert float(f1.compute()) == 0.0
+        assert torch.isnan(f1.compute())
     cm = DefectTypeConfusionMatrix(3, normalize="true")
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
     out = cm.compute()
@@ -115,7 +115,10 @@ def test_iou_absent_class_ignore_index_and_background():
 def test_iou_degenerate_and_errors():
     m = MeanIoU(3)
     with pytest.warns(UserWarning):
-        assert float(m.compute()) == 0.0
+        assert torch.isnan(m.compute())
+    per = PerClassIoU(3)
+    per.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert per.compute()[0] == 1.0 and torch.isnan(per.compute()[1:]).all()  # absent classes: undefined
     m.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
     assert float(m.compute()) == 1.0  # only class 0 present, perfectly segmented
     with pytest.raises(ValueError, match=r"\(1, 4, 4\).*\(1, 4, 5\)"):
