@@ -33,17 +33,17 @@ def test_a_failing_part_is_reported_and_the_rest_still_run() -> None:
         return {"saw": sorted(reports), "left": clock.left()}
 
     def slow(s, clock, reports):
-        time.sleep(1.2)
+        time.sleep(max(0.0, clock.left() - 3))  # its budget is capped by the global deadline: 3 s stay
         return {}
 
-    parts = [Part("a", boom, 10), Part("b", fine, 10), Part("c", slow, 10), Part("d", fine, 10)]
-    reports = run_parts(parts, None, total_s=6.1, log=lambda m: None)
+    parts = [Part("a", boom, 10), Part("b", fine, 10), Part("c", slow, 100), Part("d", fine, 10)]
+    reports = run_parts(parts, None, total_s=30, log=lambda m: None)
     assert reports["a"].status == "failed" and "ValueError: broken part" in reports["a"].error
     assert reports["a"].result["traceback"]
     assert reports["b"].status == "ok" and reports["b"].result["saw"] == ["a"]
-    assert 0 < reports["b"].result["left"] <= 6.1  # the part budget is capped by the global deadline
+    assert 0 < reports["b"].result["left"] <= 10  # its own budget
     assert reports["c"].status == "ok"
-    assert reports["d"].status == "skipped"  # under 5 s left of the 6.1 s deadline after c
+    assert reports["d"].status == "skipped"  # under 5 s left of the global deadline after c
 
 
 def test_a_part_returning_problems_is_failed_but_keeps_its_figures() -> None:
