@@ -71,14 +71,16 @@ def release_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_parts(parts: Sequence[Part], settings: Any, total_s: float, log: Callable[[str], None] = print
-              ) -> dict[str, Report]:
-    """Runs ``parts`` in order within ``total_s`` seconds; returns one :class:`Report` per part."""
+def run_parts(parts: Sequence[Part], settings: Any, total_s: float, log: Callable[[str], None] = print,
+              min_left_s: float = 5.0, cleanup: Callable[[], None] | None = None) -> dict[str, Report]:
+    """Runs ``parts`` in order within ``total_s`` seconds (a part is not started with less than ``min_left_s``
+    left), each followed by ``cleanup`` (default :func:`release_memory`); returns one :class:`Report` per part."""
+    cleanup = cleanup or release_memory
     deadline = time.perf_counter() + total_s
     reports: dict[str, Report] = {}
     for part in parts:
         left = deadline - time.perf_counter()
-        if left < 5:
+        if left < min_left_s:
             reports[part.name] = Report("skipped", 0.0, error=f"global deadline ({total_s:.0f} s) reached")
             log(f"[{part.name}] skipped: global deadline reached")
             continue
@@ -95,7 +97,7 @@ def run_parts(parts: Sequence[Part], settings: Any, total_s: float, log: Callabl
             reports[part.name].result["traceback"] = tb[-12:]
             log(f"[{part.name}] FAILED: {type(e).__name__}: {str(e)[:300]}")
         finally:
-            release_memory()
+            cleanup()
         log(f"[{part.name}] {reports[part.name].status} in {reports[part.name].seconds:.1f} s")
     return reports
 
