@@ -202,8 +202,12 @@ def _run(s: Any, clock: Clock, work: Path) -> dict[str, Any]:
         raise RuntimeError(f"no checkpoint written by the first run in {work / 'ckpt'}")
     out["checkpoint"] = _checkpoint(first[-1])
     t2 = time.perf_counter()
-    cli(["fit", *configs, "--config", str(over[s.fit_resume_steps]), "--ckpt_path", str(first[-1])], s, clock,
-        work / "resume.log")
+    problems = []
+    try:
+        cli(["fit", *configs, "--config", str(over[s.fit_resume_steps]), "--ckpt_path", str(first[-1])], s, clock,
+            work / "resume.log")
+    except Exception as e:  # keep the first run's figures
+        problems.append(f"resume: {type(e).__name__}: {str(e)[-1500:]}")
     out["resume_s"] = time.perf_counter() - t2
     last = [p for p in sorted((work / "ckpt").glob("*.ckpt")) if p != first[-1]]
     out["resumed_checkpoint"] = _checkpoint(last[-1]) if last else None
@@ -213,7 +217,6 @@ def _run(s: Any, clock: Clock, work: Path) -> dict[str, Any]:
     losses = _losses(work)
     out["losses"] = {"count": len(losses), "first": losses[0] if losses else None,
                      "last": losses[-1] if losses else None, "all_finite": all(map(math.isfinite, losses))}
-    problems = []
     if out["checkpoint"]["global_step"] != s.fit_steps:
         problems.append(f"first checkpoint at step {out['checkpoint']['global_step']}, expected {s.fit_steps}")
     if not last or out["resumed_checkpoint"]["global_step"] != s.fit_resume_steps:

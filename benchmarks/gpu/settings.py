@@ -48,10 +48,9 @@ class Settings:
     fit_timer_skip: int
     fit_compile: bool
     # CLIP-MDC latency
-    clip_presets: list[str]
     clip_size: int
     clip_batches: list[int]
-    clip_variants: dict[str, list[str]]
+    clip_plan: list[tuple[str, str]]
     clip_rounds: int
     clip_iters: dict[int, int]
     # stage 2
@@ -74,9 +73,9 @@ class Settings:
 GPU = Settings(
     dry=False,
     device="cuda",
-    total_s=450.0,
-    budgets={"environment": 20, "stage1_unet": 170, "stage1_fit": 140, "clipmdc": 70, "stage2": 50,
-             "profile": 30},
+    total_s=465.0,
+    budgets={"environment": 15, "stage1_unet": 175, "stage1_fit": 125, "clipmdc": 90, "stage2": 40,
+             "profile": 20},
     matmul_n=8192,
     matmul_iters=20,
     copy_mib=2048,
@@ -98,10 +97,11 @@ GPU = Settings(
     fit_subprocess=True,
     fit_timer_skip=3,
     fit_compile=False,
-    clip_presets=["vit_b16", "offline_real"],
     clip_size=256,
     clip_batches=[1, 32],
-    clip_variants={k: ["bf16_eager", "fp32_eager", "bf16_compile", "fp32_compile"] for k in ("vit_b16", "offline_real")},
+    clip_plan=[("vit_b16", "bf16_eager"), ("vit_b16", "bf16_compile"), ("offline_real", "bf16_eager"),
+               ("vit_b16", "fp32_eager"), ("offline_real", "fp32_eager"), ("offline_real", "bf16_compile"),
+               ("vit_b16", "fp32_compile"), ("offline_real", "fp32_compile")],  # most wanted first
     clip_rounds=5,
     clip_iters={1: 50, 32: 10},
     stage2_unet="sd15",
@@ -139,10 +139,9 @@ DRY = replace(
     fit_resume_steps=2,
     fit_subprocess=False,
     fit_timer_skip=0,
-    clip_presets=["tiny", "offline_real"],
     clip_size=32,
     clip_batches=[1, 2],
-    clip_variants={"tiny": ["bf16_eager", "fp32_compile"], "offline_real": ["fp32_eager"]},
+    clip_plan=[("tiny", "bf16_eager"), ("tiny", "fp32_compile"), ("offline_real", "fp32_eager")],
     clip_rounds=1,
     clip_iters={1: 1, 2: 1},
     stage2_unet="tiny",

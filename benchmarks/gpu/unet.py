@@ -68,10 +68,10 @@ def largest_batch(model: Any, opt: torch.optim.Optimizer, sizes: list[int], devi
             if not is_oom(e):
                 raise
             failed = b
-            opt.zero_grad(set_to_none=True)
-            release_memory()
+        opt.zero_grad(set_to_none=True)
+        release_memory()  # outside `except`: the traceback's frames hold the failed step's activations
+        if failed is not None:
             break
-        release_memory()
     return {"fits": fits, "largest_fitting": max(fits) if fits else None, "first_out_of_memory": failed,
             "skipped_for_time": skipped}
 
@@ -116,7 +116,8 @@ def run(s: Any, clock: Clock, reports: dict[str, Any]) -> dict[str, Any]:
             tflops = row["samples_per_s"] * step_flops / 1e12
             row |= {"achieved_tflops": tflops, "mfu": tflops / peak if peak else None}
         except Exception as e:  # an OOM or a compile failure of one variant: the others still run
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        if "error" in row:
             opt.zero_grad(set_to_none=True)
             release_memory()
         out["variants"].append(row)
