@@ -163,18 +163,24 @@ def profile(s: Any, clock: Clock, reports: dict[str, Any]) -> dict[str, Any]:
             step()
         if cuda:
             torch.cuda.synchronize(device)
-    events = prof.key_averages()
-    attr = "device_time_total" if cuda else "self_cpu_time_total"
-    rows = sorted(((e.key, getattr(e, attr, 0) or getattr(e, "self_cuda_time_total", 0)) for e in events),
-                  key=lambda kv: -kv[1])
+    from torch.autograd import DeviceType
+
+    rows = []  # self time of each kernel (GPU) or op (CPU): nothing counted twice
+    for e in prof.key_averages():
+        if cuda:
+            if getattr(e, "device_type", None) != DeviceType.CUDA:
+                continue
+            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        else:
+            us = e.self_cpu_time_total
+        rows.append((e.key, float(us)))
+    rows.sort(key=lambda kv: -kv[1])
     cats = {"attention": ("attention", "flash", "sdpa", "efficient_attention", "fmha"),
             "convolution": ("conv", "cudnn", "implicit_gemm", "sm90_xmma"), "matmul": ("gemm", "mm", "matmul",
                                                                                       "linear", "nvjet"),
             "optimizer": ("adam", "foreach", "multi_tensor"), "normalization": ("norm",)}
     split = dict.fromkeys([*cats, "other"], 0.0)
     for key, us in rows:
-        if key.startswith("aten::") and cuda:  # CPU-side op names double count their kernels
-            continue
         low = key.lower()
         cat = next((c for c, words in cats.items() if any(w in low for w in words)), "other")
         split[cat] += us / 1e3
