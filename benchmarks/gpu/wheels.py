@@ -136,13 +136,13 @@ def build_project(dest: Path) -> Path:
     """``pip wheel --no-deps .``: the project's own wheel (replaces an older one in ``dest``)."""
     for old in dest.glob("defectfm-*.whl"):
         old.unlink()
-    had_build = (REPO / "build").exists()
+    leftovers = [p for p in (REPO / "build", REPO / "defectfm.egg-info") if not p.exists()]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             _pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp, str(REPO))
         finally:
-            if not had_build:  # setuptools builds in the source tree
-                shutil.rmtree(REPO / "build", ignore_errors=True)
+            for p in leftovers:  # setuptools builds in the source tree
+                shutil.rmtree(p, ignore_errors=True)
         (wheel,) = Path(tmp).glob("defectfm-*.whl")
         return Path(shutil.copy2(wheel, dest))
 
