@@ -262,7 +262,13 @@ class Stage2OpenVocab(L.LightningModule):
     def _epoch_end(self, stage: str) -> None:
         m, names = self.metrics[stage], self.names[stage]
         res: dict[str, float] = {}
-        confmat = m["miou"].confmat
+        # Branch on counts over all processes: compute() is a collective under DDP, so a process deciding on its
+        # own data (none masked, or only classes outside the vocabulary) would skip it while the others wait.
+        with m["miou"].sync_context():
+            confmat = m["miou"].confmat.clone()  # (K, K) summed over every process
+        accuracy = m["image_class"]["accuracy"]
+        with accuracy.sync_context():
+            classified = int(accuracy.confmat.sum())
         if int(confmat.sum()) > 0:
             res["miou"] = float(m["miou"].compute())
             iou = m["iou"].compute()
@@ -278,7 +284,7 @@ class Stage2OpenVocab(L.LightningModule):
             res.update({k: float(v) for k, v in m["anomaly"].compute().items()})
             if self.detection_metrics:
                 res.update({k: float(v) for k, v in m["detection"].compute().items()})
-        if int(m["image_class"]["accuracy"].confmat.sum()) > 0:
+        if classified > 0:
             res.update({k: float(v) for k, v in m["image_class"].compute().items()})
         for metric in m.values():
             metric.reset()
