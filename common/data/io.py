@@ -18,9 +18,41 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Sorted image files directly inside ``folder``."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", "ehthumbs.db", "$recycle.bin"})
+"""File and folder names (lower case) that operating systems and archivers leave behind: never data."""
+
+
+def is_hidden(path: Path) -> bool:
+    """Whether ``path``'s own name is hidden (``.name``) or a system file/folder (``__MACOSX``, ``Thumbs.db``,
+    ``desktop.ini``...)."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_NAMES
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files of ``folder``, ignoring hidden and system files and folders (:func:`is_hidden`).
+
+    Args:
+        folder: The folder.
+        recursive: Also walk its sub-folders (hidden and system folders such as ``.ipynb_checkpoints/`` and
+            ``__MACOSX/`` are not entered).
+
+    Returns:
+        Image files (by extension, :data:`IMAGE_EXTENSIONS`), sorted by path.
+    """
+    found: list[Path] = []
+    _collect_images(Path(folder), recursive, found, set())
+    return sorted(found)
+
+
+def _collect_images(folder: Path, recursive: bool, found: list[Path], seen: set[Path]) -> None:
+    seen.add(folder.resolve())  # a symlinked folder pointing back up is walked once, not forever
+    for p in folder.iterdir():
+        if is_hidden(p):
+            continue
+        if p.is_file() and is_image_file(p):
+            found.append(p)
+        elif recursive and p.is_dir() and p.resolve() not in seen:
+            _collect_images(p, True, found, seen)
 
 
 def _open(path: Path) -> Image.Image:
