@@ -16,7 +16,10 @@ from collections.abc import Callable, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from common.cli_null import patch_nested_null
 from common.data.errors import DataError
+
+patch_nested_null()
 
 
 class DefectCLI(LightningCLI):
