@@ -7,6 +7,7 @@ from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from common.data.readers import (
     ClassIdSegReader,
     FolderReader,
+    ImageFilesReader,
     KSDD2Reader,
     MagneticTileReader,
     ManifestReader,
@@ -26,6 +27,7 @@ __all__ = [
     "DefectDataset",
     "EpochDataLoader",
     "FolderReader",
+    "ImageFilesReader",
     "ImageTextBatch",
     "ImageTextDataModule",
     "KSDD2Reader",

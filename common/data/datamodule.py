@@ -167,8 +167,13 @@ class DefectDataModule(L.LightningDataModule):
     def dataset(self, stage: str) -> DefectDataset:
         """The dataset of ``stage`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``)."""
         if stage == "predict":
-            recs = self.predict_reader.records() if self.predict_reader is not None else self.split_records()["test"]
-            return self._dataset(recs, train=False)
+            if self.predict_reader is None:
+                return self._dataset(self.split_records()["test"], train=False)
+            # names from the images predicted, not from the training reader: its folder may be gone by now
+            recs = self.predict_reader.records()
+            names = [NORMAL, *sorted({r.defect_type for r in recs} - {NORMAL})]
+            objects = sorted({r.object_name for r in recs})
+            return DefectDataset(recs, names, objects, build_transform(self.image_size, "none"))
         return self._dataset(self.split_records()[stage], train=stage == "train")
 
     def _loader(self, stage: str, shuffle: bool, batch_size: int, dataset: DefectDataset | None = None) -> DataLoader:
