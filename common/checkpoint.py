@@ -119,14 +119,13 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any] | None, given: Mapping[str, Any] | None, limit: int = 3) -> str:
-    """``"key (checkpoint a, now b), ..."`` for the model settings that differ between two model configs, in the
-    order they appear, nested network settings first (what changes tensor shapes); ``""`` when none or unknown."""
+    """``"key (checkpoint a, now b), ..."`` for the model settings both configs give and differ in, the network's
+    first (what changes tensor shapes), optimisation left out; ``""`` when none or unknown."""
     if not saved or not given:
         return ""
     a, b = _flatten(saved), _flatten(given)
-    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and not k.startswith("init_args.optimizer")
-            and not k.startswith("init_args.scheduler")]
-    keys.sort(key=lambda k: (not k.startswith("init_args.model."), 0))
+    keys = [k for k in a if k in b and a[k] != b[k] and not k.startswith(("init_args.optimizer", "init_args.scheduler"))]
+    keys.sort(key=lambda k: (not k.startswith("init_args.model."), not k.endswith("class_path")))  # stable
     shown = [f"model.{k} (checkpoint {a.get(k)!r}, now {b.get(k)!r})" for k in keys[:limit]]
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 

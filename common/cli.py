@@ -27,7 +27,7 @@ from common.checkpoint import (
     model_config,
     read_checkpoint,
 )
-from common.cli_errors import DefectArgumentParser, UsageError
+from common.cli_errors import DefectArgumentParser, UsageError, squeezed
 from common.cli_null import patch_nested_null
 from common.data.errors import DataError
 
@@ -109,6 +109,16 @@ class DefectCLI(LightningCLI):
         return True
 
     # ------------------------------------------------------------------ checkpoint info, load errors
+    def instantiate_classes(self) -> None:
+        """Lightning's, with a constructor's complaint (e.g. ``regime must be one of ...``), which jsonargparse
+        wraps into a listing of union types, reduced to one line."""
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            if isinstance(e, DataError) or "Does not validate against any of the Union subtypes" not in str(e):
+                raise
+            raise UsageError(squeezed(str(e))) from e
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         self._dump_config()
         model = self.config_dump.get("model") if isinstance(self.config_dump, dict) else None

@@ -86,10 +86,34 @@ def one_line(message: str, parser: LightningArgumentParser) -> str:
         hint = closest(flag, _option_strings(parser))
         tip = f" (did you mean {hint}?)" if hint else " (see --help)"
         return f"unrecognized argument {flag}{tip}"
-    kept = [ln.strip() for ln in message.splitlines()
-            if ln.strip() and not ln.strip().startswith(("Subtypes:", "Given value type:", "- Expected a <class 'NoneType'>",
-                                                          "Does not validate against any of the Union subtypes"))]
-    return " ".join(kept)
+    return squeezed(message)
+
+
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "- Expected a <class 'NoneType'>")
+
+
+def squeezed(message: str) -> str:
+    """``key.path: what is wrong`` from jsonargparse's nested error tree: the keys of the ``Parser key`` lines
+    joined (``init_args`` where a class sits between them) and the innermost message."""
+    keys: list[str] = []
+    detail = ""
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        m = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
+        if m:
+            keys.append(m.group(1))
+            line = m.group(2)
+        elif line.startswith("Problem with given class_path"):
+            keys.append("init_args")
+            continue
+        if line and not line.startswith(_NOISE):
+            detail = line
+    while keys and keys[-1] == "init_args":
+        keys.pop()
+    path = ".".join(k for i, k in enumerate(keys) if k != "init_args" or (i + 1 < len(keys) and keys[i + 1] != "init_args"))
+    detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail) or " ".join(message.split())
+    return f"{path}: {detail}" if path else detail
 
 
 class DefectArgumentParser(LightningArgumentParser):

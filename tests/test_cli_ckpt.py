@@ -165,3 +165,35 @@ def test_predict_on_the_training_reader_says_it_predicts_the_test_split(trained:
     err = capsys.readouterr().err
     assert f"note: predicting the test split of {trained['data']} ({len(lines)} of " in err
     assert "defectfm predict --ckpt_path CKPT --input FOLDER" in err
+
+
+# ---------------------------------------------------------------------------- one-line checkpoint errors
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()  # (progress bars of weight loading may come first)
+    assert code == 2, err
+    errors = [x for x in err if x.startswith("error")]
+    assert len(errors) == 1 and err[-1] == errors[0] and not any("Traceback" in x for x in err), err
+    return errors[0]
+
+
+def test_checkpoint_of_another_model_class(trained: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    line = one_line_error(capsys, [
+        "test", "--model", "tests.cli_fixtures.TinySegModule", "--data", "common.data.DefectDataModule",
+        "--data.reader", "common.data.MVTecReader", "--data.reader.root", str(trained["data"]),
+        "--data.num_workers", "0", "--ckpt_path", str(trained["ckpt"]), *QUIET])
+    assert line.startswith(f"error: --ckpt_path {trained['ckpt']} holds a clipmdc.module.CLIPMDCModule model, but "
+                           "the config builds a tests.cli_fixtures.TinySegModule")
+
+
+def test_checkpoint_with_weights_of_other_shapes_names_the_setting(trained: dict[str, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    line = one_line_error(capsys, [
+        "predict", "--config", DEMO, "--config", TINY, *QUIET, "--ckpt_path", str(trained["ckpt"]),
+        "--data.init_args.reader.init_args.root", str(trained["data"]), "--data.init_args.num_workers", "0",
+        "--trainer.callbacks.output_dir", str(tmp_path / "out"), "--model.init_args.model.init_args.decoder_width",
+        "16"])
+    assert f"error: --ckpt_path {trained['ckpt']} does not fit the model built from the config (" in line
+    assert "weight(s) of another shape, e.g. model." in line
+    assert "settings that differ: model.init_args.model.init_args.decoder_width (checkpoint 48, now 16)" in line
