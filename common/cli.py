@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from common.checkpoint import (
@@ -120,6 +121,12 @@ class DefectCLI(LightningCLI):
             raise UsageError(squeezed(str(e))) from e
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if config.get("fast_dev_run"):
+            # fast_dev_run is documented to save no checkpoint, yet Lightning 2.x's ModelCheckpoint(save_last=True)
+            # still writes last.ckpt when training ends: the experiment's checkpoint callbacks are left out
+            given = config.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            config["callbacks"] = [cb for cb in given if not isinstance(cb, ModelCheckpoint)]
         self._dump_config()
         model = self.config_dump.get("model") if isinstance(self.config_dump, dict) else None
         return super()._instantiate_trainer(config, [*callbacks, CheckpointInfo(model)])
