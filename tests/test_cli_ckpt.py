@@ -197,3 +197,22 @@ def test_checkpoint_with_weights_of_other_shapes_names_the_setting(trained: dict
     assert f"error: --ckpt_path {trained['ckpt']} does not fit the model built from the config (" in line
     assert "weight(s) of another shape, e.g. model." in line
     assert "settings that differ: model.init_args.model.init_args.decoder_width (checkpoint 48, now 16)" in line
+
+
+# ---------------------------------------------------------------------------- stage 2
+def test_defectfm_predict_with_a_stage2_checkpoint(classid_root: Path, tmp_path: Path) -> None:
+    cfg = REPO / "configs" / "diffdefect"
+    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}])
+    assert main(["fit", "--config", str(cfg / "stage2_openvocab.yaml"), "--config", str(cfg / "stage2_tiny.yaml"),
+                 *QUIET, "--data.init_args.reader.init_args.root", str(classid_root), "--trainer.max_steps", "1",
+                 "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "0",
+                 "--trainer.callbacks", callbacks, "--trainer.default_root_dir", str(tmp_path)]) == 0
+    out = tmp_path / "out"
+    assert main(["predict", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--input",
+                 str(classid_root / "img_dir" / "test"), "--out", str(out), "--num_workers", "0",
+                 "--defect_types", "[inclusion,patches,scratches,rust]", "--trainer.enable_progress_bar", "false"]) == 0
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(x["vocabulary"] == ["good", "inclusion", "patches", "scratches", "rust"]
+                                   for x in lines)
+    assert (out / "contact_sheet.png").is_file() and len(list((out / "masks").glob("*.png"))) == 3
