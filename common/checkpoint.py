@@ -75,6 +75,39 @@ def model_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"class_path": class_path, "init_args": hparams}
 
 
+def load_module(path: str | Path, init_args: Mapping[str, Any] | None = None) -> L.LightningModule:
+    """The LightningModule of a checkpoint, rebuilt from the model config it carries, with its weights and its
+    vocabulary (no experiment YAML, no data). For tools outside ``lightning predict`` (export, notebooks).
+
+    Args:
+        path: A checkpoint written through the CLI.
+        init_args: Constructor arguments that win over the checkpoint's, e.g. ``{"defect_types": [...]}``.
+
+    Raises:
+        UsageError: The file is missing or not a checkpoint, records no model config, or its weights do not fit.
+    """
+    from jsonargparse import ArgumentParser
+
+    ckpt = read_checkpoint(path)
+    config = model_config(ckpt)
+    if config is None:
+        raise UsageError(f"--ckpt_path {path}: the checkpoint records no model config (written before defectfm "
+                         "kept one); build the model from its experiment YAML instead")
+    config["init_args"] = {**(config.get("init_args") or {}), **dict(init_args or {})}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningModule, "model", fail_untyped=False)
+    module = parser.instantiate_classes(parser.parse_object({"model": config})).model
+    module.on_load_checkpoint(ckpt)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
+    except RuntimeError as e:
+        err = load_error(str(e), ckpt, path, config)
+        if err is None:
+            raise
+        raise err from e
+    return module
+
+
 def vocabulary(ckpt: Mapping[str, Any]) -> dict[str, list[str]]:
     """The vocabulary the checkpoint's model used (``defect_types``, ``object_names``); empty when unknown."""
     vocab = info(ckpt).get("vocabulary") or ckpt.get("clipmdc_vocabulary") or {}  # the latter: older checkpoints

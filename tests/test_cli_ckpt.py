@@ -216,3 +216,15 @@ def test_defectfm_predict_with_a_stage2_checkpoint(classid_root: Path, tmp_path:
     assert len(lines) == 3 and all(x["vocabulary"] == ["good", "inclusion", "patches", "scratches", "rust"]
                                    for x in lines)
     assert (out / "contact_sheet.png").is_file() and len(list((out / "masks").glob("*.png"))) == 3
+
+
+def test_load_module_rebuilds_a_checkpoint_without_config_or_data(trained: dict[str, Path]) -> None:
+    from common.checkpoint import load_module
+
+    with training_data_gone(trained):
+        module = load_module(trained["ckpt"])
+        override = load_module(trained["ckpt"], {"defect_types": ["good", "dent"]})
+    state = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in state.items())
+    assert module.model.defect_types == TRAINED_TYPES and module.model.object_names == ["fabric", "plate"]
+    assert override.model.defect_types == ["good", "dent"]
