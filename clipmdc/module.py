@@ -126,10 +126,12 @@ class CLIPMDCModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Takes the vocabulary and object names from the DataModule unless overridden. Predict asks the data for
-        none: the checkpoint (or the command line) names them, and the training data may be gone."""
+        none: the command line, the checkpoint or an earlier stage's data name them (the training data may be
+        gone)."""
+        if stage == "predict":  # the names of an earlier stage's data, if any
+            self._configure_vocabulary(*self._data_vocabulary)
+            return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "predict":
-            datamodule = None
         data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
         data_objects = list(getattr(datamodule, "object_names", None) or []) or None
         self._configure_vocabulary(data_types, data_objects)

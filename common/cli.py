@@ -208,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = "\n".join(f"  {k:<12} {v[1]}" for k, v in EXTRA_COMMANDS.items())
         print(f"defectfm tools (besides fit/validate/test/predict below):\n{extra}\n"
               "  predict --ckpt_path CKPT --input FOLDER_OR_FILES --out DIR   predict a folder with only a checkpoint\n")
+    if argv[:1] == ["predict"] and any(a in ("-h", "--help") for a in argv) and "--input" not in argv:
+        from common.predict import parser as folder_parser
+
+        print(folder_parser().format_help() + "\nlightning predict (with --config, and no --input):\n")
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
             return int(EXTRA_COMMANDS[argv[0]][0](argv[1:]) or 0)

@@ -41,8 +41,14 @@ MODEL_OPTIONS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="defectfm predict", description="predict every image of a folder with only a "
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: ANN201 - one line (UsageError), not the usage text
+        raise UsageError(f"defectfm predict: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The options of ``defectfm predict --input``."""
+    p = _Parser(prog="defectfm predict", description="predict every image of a folder with only a "
                                 "checkpoint (the output of lightning predict)",
                                 epilog="any further --key value is passed to the LightningCLI")
     p.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning fit")
@@ -84,7 +90,7 @@ def cli_args(argv: Sequence[str]) -> tuple[list[str], ImageFilesReader]:
         UsageError: A missing or unusable checkpoint, or an option the checkpoint's model does not have.
         DataError: A missing input, a file that is not an image, a folder with no images.
     """
-    a, rest = _parser().parse_known_args(list(argv))
+    a, rest = parser().parse_known_args(list(argv))
     ckpt = read_checkpoint(a.ckpt_path)
     model = model_config(ckpt)
     if model is None:

@@ -156,8 +156,12 @@ class Stage2OpenVocab(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Takes the class names from the DataModule (unless ``vocabulary`` overrides them); predict asks the data
-        for none (the checkpoint names them, and the training data may be gone)."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None and stage != "predict" else None
+        for none (the checkpoint names them, or the data of an earlier stage; the training data may be gone)."""
+        if stage == "predict":
+            self._configure(self._data_names)
+            self.to(self.device)
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_names = list(getattr(dm, "vocabulary", None) or []) or None
         self._configure(data_names)
         self.to(self.device)

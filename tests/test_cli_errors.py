@@ -87,3 +87,8 @@ def test_a_constructor_complaint_is_one_line(capsys: pytest.CaptureFixture) -> N
     line = one_line_error(capsys, ["fit", "--config", DEMO, "--model.init_args.regime", "fully_supervised"])
     assert line == "error: regime must be one of ('supervised', 'weakly_supervised', 'normal_only'), " \
                    "got 'fully_supervised'"
+
+
+def test_defectfm_predict_missing_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = one_line_error(capsys, ["predict", "--input", str(tmp_path)])
+    assert line == "error: defectfm predict: the following arguments are required: --ckpt_path, --out"
