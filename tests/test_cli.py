@@ -114,8 +114,8 @@ def test_debug_preset_stacks_on_every_config(path: Path) -> None:
     stack = [path]
     if rel in OVERLAY_BASES:
         stack = [REPO / "configs" / OVERLAY_BASES[rel], path]
-    elif rel.startswith("trainer/"):
-        stack = [REPO / "configs" / "clipmdc" / "demo.yaml", path]
+    elif rel.startswith("trainer/") or "model" not in (yaml.safe_load(path.read_text()) or {}):
+        stack = [REPO / "configs" / "clipmdc" / "demo.yaml", path]  # trainer presets, data-only configs
     args = ["fit", *[x for p in [*stack, DEBUG] for x in ("--config", str(p))]]
     trainer = TrainerOnlyCLI(args=args).trainer
     assert trainer.fast_dev_run and trainer.num_nodes == 1 and trainer.num_devices == 1

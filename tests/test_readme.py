@@ -142,10 +142,43 @@ def _checkpoints_back(argv: list[str]) -> list[str]:
     return ["--trainer.callbacks", json.dumps(kept)] if kept else []
 
 
+DEMO_SIZES = ["--image-size", "48", "--n-train-good", "3", "--n-test-good", "2", "--n-test-defect", "2"]
+"""The workspace's demo data (:func:`workspace`): ``defectfm demo-data`` in smoke form writes the same."""
+
+
+def _usage_brackets(argv: list[str]) -> list[str]:
+    """A usage line's optional groups (``[--shards]``, ``[--names FILE]``) are run, without their brackets; a
+    value such as ``"[good,dent]"`` is no group."""
+    out, inside = [], False
+    for a in argv:
+        if a.startswith("[-"):
+            inside, a = True, a[1:]
+        if inside and a.endswith("]"):
+            inside, a = False, a[:-1]
+        out.append(a)
+    return out
+
+
+def _globs(argv: list[str], repo: Path) -> list[str]:
+    """Shell globs expanded in the workspace; of data configs (``configs/data/*.yaml``) only those whose data the
+    workspace has (the generated demo and NEU-Seg-like data)."""
+    out = []
+    for a in argv:
+        if "*" not in a:
+            out.append(a)
+            continue
+        for match in sorted(repo.glob(a)):
+            cfg = yaml.safe_load(match.read_text()) or {}
+            reader = (((cfg.get("data") or {}).get("init_args") or {}).get("reader") or {}).get("init_args") or {}
+            if "root" not in reader or (repo / reader["root"]).exists():
+                out.append(str(match.relative_to(repo)))
+    return out
+
+
 def smoke(command: str, repo: Path) -> list[str]:
     """The smoke-form arguments of ``common.cli.main`` for one README command."""
     tmp = repo.parent
-    argv = shlex.split(command)
+    argv = _globs(_usage_brackets(shlex.split(command)), repo)
     argv = [PLACEHOLDERS.get(a, a) for a in argv]
     argv = [a.replace("/data/my_line", str(tmp / "my_line")).replace("/data/new_batch", str(tmp / "new_batch"))
             for a in argv]
@@ -174,6 +207,8 @@ def smoke(command: str, repo: Path) -> list[str]:
             size.write_text("data:\n  init_args:\n    image_size: 160\n")
             args = [*args, "--config", str(size)]
         return [*args, "--device", "cpu", "--num-workers", "0"] if sub == "precompute" else args
+    if sub == "demo-data":
+        return [*args, *DEMO_SIZES]
     if sub == "sample":  # two denoising steps of the tiny U-Net instead of README's 25
         args = [("2" if i and args[i - 1] == "--steps" else a) for i, a in enumerate(args)]
         return [*args, "--device", "cpu"]
