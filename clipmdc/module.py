@@ -24,6 +24,7 @@ from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import normalize_vocabulary
 from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
+from common.checkpoint import vocabulary as checkpoint_vocabulary
 from common.data.errors import DataError
 from common.data.types import DefectBatch
 from common.encoders.frozen import expect_frozen_eval_modules
@@ -94,25 +95,27 @@ class CLIPMDCModule(L.LightningModule):
             self.val_pixel_metrics = pixel.clone(prefix="val/")
             self.test_pixel_metrics = pixel.clone(prefix="test/")
         self._type_mapping: torch.Tensor | None = None
-        self._object_mapping: torch.Tensor | None = None
         self._synthetic_type_id = -1
         self._generator: torch.Generator | None = None
+        self._data_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
+        self._checkpoint_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
         self._configure_vocabulary(None, None)
 
     # ------------------------------------------------------------------ vocabulary
     def _configure_vocabulary(self, data_types: list[str] | None, data_objects: list[str] | None) -> None:
-        """Sets the model vocabulary (override > data > model default) and the data->model id mapping."""
-        types = normalize_vocabulary(self.defect_types or data_types or self.model.defect_types)
-        objects = list(self.object_names or data_objects or self.model.object_names)
+        """Sets the model vocabulary and the data->model type-id mapping. Precedence: the constructor's
+        ``defect_types`` / ``object_names`` (config or command line) > the checkpoint's (test/predict) > the data's
+        > the model's default."""
+        self._data_vocabulary = (data_types, data_objects)
+        ckpt_types, ckpt_objects = self._checkpoint_vocabulary
+        types = normalize_vocabulary(self.defect_types or ckpt_types or data_types or self.model.defect_types)
+        objects = list(self.object_names or ckpt_objects or data_objects or self.model.object_names)
         if types != self.model.defect_types or objects != self.model.object_names:
             self.model.set_vocabulary(types, objects)
-        self._type_mapping = self._object_mapping = None
+        self._type_mapping = None
         if data_types is not None and list(data_types) != types:
             index = {name: i for i, name in enumerate(types)}
             self._type_mapping = torch.tensor([index.get(n, -1) for n in data_types], dtype=torch.long)
-        if data_objects is not None and list(data_objects) != objects:
-            index = {name: i for i, name in enumerate(objects)}
-            self._object_mapping = torch.tensor([index.get(n, -1) for n in data_objects], dtype=torch.long)
         if self.synthetic_defect_type is None:
             self._synthetic_type_id = -1
         elif self.synthetic_defect_type in types:
@@ -122,24 +125,36 @@ class CLIPMDCModule(L.LightningModule):
                 f"synthetic_defect_type {self.synthetic_defect_type!r} is not in the vocabulary {types}"
             )
         type_metrics = defect_type_metrics(len(types))  # K follows the vocabulary
-        self.val_type_metrics = type_metrics.clone(prefix="val/type_")
-        self.test_type_metrics = type_metrics.clone(prefix="test/type_")
+        self.val_type_metrics = type_metrics.clone(prefix="val/type_").to(self.device)
+        self.test_type_metrics = type_metrics.clone(prefix="test/type_").to(self.device)
 
     def setup(self, stage: str) -> None:
-        """Takes the vocabulary and object names from the DataModule unless overridden."""
+        """Takes the vocabulary and object names from the DataModule unless overridden. Predict asks the data for
+        none: the command line, the checkpoint or an earlier stage's data name them (the training data may be
+        gone)."""
+        if stage == "predict":  # the names of an earlier stage's data, if any
+            self._configure_vocabulary(*self._data_vocabulary)
+            return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
         data_objects = list(getattr(datamodule, "object_names", None) or []) or None
         self._configure_vocabulary(data_types, data_objects)
-        self.val_type_metrics.to(self.device)
-        self.test_type_metrics.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Records the vocabulary in the checkpoint (informative; the text embeddings are not saved)."""
-        checkpoint["clipmdc_vocabulary"] = {
+        """Records the vocabulary in ``checkpoint["defectfm"]`` (the text embeddings are recomputed from it)."""
+        checkpoint.setdefault("defectfm", {})["vocabulary"] = {
             "defect_types": self.model.defect_types,
             "object_names": self.model.object_names,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's vocabulary (below the command line, above the data) unless resuming a fit, where
+        the data's names keep training what the data labels."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        vocab = checkpoint_vocabulary(checkpoint)
+        if vocab and not fitting:
+            self._checkpoint_vocabulary = (vocab.get("defect_types"), vocab.get("object_names"))
+            self._configure_vocabulary(*self._data_vocabulary)
 
     # ------------------------------------------------------------------ normal-reference memory
     def on_fit_start(self) -> None:
@@ -232,10 +247,9 @@ class CLIPMDCModule(L.LightningModule):
         return self.model(image, object_id)
 
     def _object_ids(self, batch: DefectBatch) -> torch.Tensor:
-        """Data object ids mapped by name to the model's object names (``-1``: unknown to the model)."""
-        if self._object_mapping is None:
-            return batch.object_id
-        return self._object_mapping.to(batch.object_id.device)[batch.object_id]
+        """``(B,)`` the batch's objects as the model's object ids, matched by name (``-1``: unknown to the model)."""
+        index = {name: i for i, name in enumerate(self.model.object_names)}
+        return torch.tensor([index.get(n, -1) for n in batch.object_name], dtype=torch.long, device=self.device)
 
     def _synthesis_generator(self) -> torch.Generator:
         if self._generator is None:

@@ -125,13 +125,15 @@ class Stage2OpenVocab(L.LightningModule):
         self.names: dict[str, list[str]] = {}
         self._maps: dict[str, torch.Tensor | None] = {}
         self._data_names: list[str] | None = None
+        self._checkpoint_names: list[str] | None = None
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._configure([NORMAL])
 
     # ------------------------------------------------------------------ vocabularies
     def _configure(self, data_names: list[str] | None) -> None:
-        """Sets the train / eval vocabularies, the data -> model id maps, the text embeddings and the metrics."""
-        names = list(self.vocabulary or data_names or [NORMAL])
+        """Sets the train / eval vocabularies, the data -> model id maps, the text embeddings and the metrics.
+        Names: ``vocabulary`` (config / command line) > the checkpoint's (test / predict) > the data's."""
+        names = list(self.vocabulary or self._checkpoint_names or data_names or [NORMAL])
         background = NORMAL if NORMAL in names else names[0]
         rest = [n for n in names if n != background]
         train = [background] + [n for n in (self.train_classes or rest) if n != background]
@@ -154,7 +156,12 @@ class Stage2OpenVocab(L.LightningModule):
         return torch.nn.ModuleDict(m)
 
     def setup(self, stage: str) -> None:
-        """Takes the class names from the DataModule (unless ``vocabulary`` overrides them)."""
+        """Takes the class names from the DataModule (unless ``vocabulary`` overrides them); predict asks the data
+        for none (the checkpoint names them, or the data of an earlier stage; the training data may be gone)."""
+        if stage == "predict":
+            self._configure(self._data_names)
+            self.to(self.device)
+            return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_names = list(getattr(dm, "vocabulary", None) or []) or None
         self._configure(data_names)
@@ -170,6 +177,18 @@ class Stage2OpenVocab(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage2_vocabulary"] = dict(self.names)  # informative: embeddings are recomputed from names
+        names = list(dict.fromkeys([*self.names["train"], *self.names["test"]]))  # background first
+        checkpoint.setdefault("defectfm", {})["vocabulary"] = {"defect_types": names}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's class names (below ``vocabulary``, above the data's) unless resuming a fit."""
+        from common.checkpoint import vocabulary as checkpoint_vocabulary
+
+        names = checkpoint_vocabulary(checkpoint).get("defect_types")
+        if names and not (self._trainer is not None and self.trainer.state.fn == "fit"):
+            self._checkpoint_names = names
+            self._configure(self._data_names)
+            self.to(self.device)
 
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor, stage: str = "test") -> Any:

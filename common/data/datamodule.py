@@ -226,8 +226,14 @@ class DefectDataModule(L.LightningDataModule):
     def dataset(self, stage: str) -> DefectDataset:
         """The dataset of ``stage`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``)."""
         if stage == "predict":
-            recs = self.predict_reader.records() if self.predict_reader is not None else self.split_records()["test"]
-            dataset = self._dataset(recs, train=False)
+            if self.predict_reader is None:
+                dataset = self._dataset(self.split_records()["test"], train=False)
+            else:
+                # names from the images predicted, not from the training reader: its folder may be gone by now
+                recs = self.predict_reader.records()
+                names = [NORMAL, *sorted({r.defect_type for r in recs} - {NORMAL})]
+                objects = sorted({r.object_name for r in recs})
+                dataset = DefectDataset(recs, names, objects, build_transform(self.image_size, "none"))
             dataset.on_error = "mark"  # one unreadable file never stops a prediction run (see the class doc)
             return dataset
         return self._dataset(self.split_records()[stage], train=stage == "train")

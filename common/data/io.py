@@ -19,31 +19,41 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
-"""System files and folders that never hold data (besides every name starting with ``.``)."""
+IGNORED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", "ehthumbs.db", "$recycle.bin"})
+"""File and folder names (lower case) that operating systems and archivers leave behind: never data."""
 
 
 def is_ignored(path: Path) -> bool:
-    """Whether ``path`` is a hidden or system file/folder (``.*``, ``__MACOSX``, ``Thumbs.db``, ``desktop.ini``)."""
-    return path.name.startswith(".") or path.name in IGNORED_NAMES
+    """Whether ``path``'s own name is hidden (``.name``) or a system file/folder (``__MACOSX``, ``Thumbs.db``,
+    ``desktop.ini``...)."""
+    return path.name.startswith(".") or path.name.lower() in IGNORED_NAMES
 
 
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Sorted image files inside ``folder``, hidden and system files/folders ignored (:func:`is_ignored`).
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files of ``folder``, ignoring hidden and system files and folders (:func:`is_ignored`).
 
     Args:
         folder: The folder.
-        recursive: Also walk sub-folders (ignored folders are not entered).
+        recursive: Also walk its sub-folders (hidden and system folders such as ``.ipynb_checkpoints/`` and
+            ``__MACOSX/`` are not entered).
+
+    Returns:
+        Image files (by extension, :data:`IMAGE_EXTENSIONS`), sorted by path.
     """
-    out = []
-    for p in Path(folder).iterdir():
+    found: list[Path] = []
+    _collect_images(Path(folder), recursive, found, set())
+    return sorted(found)
+
+
+def _collect_images(folder: Path, recursive: bool, found: list[Path], seen: set[Path]) -> None:
+    seen.add(folder.resolve())  # a symlinked folder pointing back up is walked once, not forever
+    for p in folder.iterdir():
         if is_ignored(p):
             continue
         if p.is_file() and is_image_file(p):
-            out.append(p)
-        elif recursive and p.is_dir():
-            out += list_images(p, recursive=True)
-    return sorted(out)
+            found.append(p)
+        elif recursive and p.is_dir() and p.resolve() not in seen:
+            _collect_images(p, True, found, seen)
 
 
 def _open(path: Path) -> Image.Image:

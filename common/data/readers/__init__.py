@@ -4,6 +4,7 @@ from common.data.readers.base import Reader
 from common.data.readers.boxes import BoxReader
 from common.data.readers.class_id_seg import ClassIdSegReader
 from common.data.readers.folder import FolderReader
+from common.data.readers.images import ImageFilesReader
 from common.data.readers.ksdd2 import KSDD2Reader
 from common.data.readers.magnetic_tile import MagneticTileReader
 from common.data.readers.manifest import ManifestReader
@@ -14,6 +15,7 @@ __all__ = [
     "BoxReader",
     "ClassIdSegReader",
     "FolderReader",
+    "ImageFilesReader",
     "KSDD2Reader",
     "MVTecReader",
     "MagneticTileReader",
