@@ -40,6 +40,10 @@ SKIPPED = {  # README command -> why it cannot run here (the list may not grow s
     "srun --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 lightning fit --config configs/stage1_diffusion.yaml "
     "--config configs/trainer/multinode.yaml --trainer.num_nodes 4":
         "SLURM, 4 nodes x 8 GPUs (tests/test_cli.py stacks the debug preset on multinode.yaml instead)",
+    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
+    "'.whl/*.whl' '&&' export 'PYTHONPATH=$PWD:/tmp/site' HF_HUB_OFFLINE=1 '&&' python3 -m benchmarks.gpu":
+        "a bare GPU machine with the wheels of make gpu-wheels (tests/benchmarks/test_gpu_check.py runs the same "
+        "script with --dry)",
 }
 SLOW = {  # README command -> why it takes minutes (runs with -m slow)
     "make demo": "installs the project and trains the demo model (offline_real) for real",
