@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-bench demo demo-data test test-slow benchmark lint clean
+.PHONY: install install-bench demo demo-data test test-slow benchmark gpu-wheels gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ test-slow: install
 
 benchmark: install-bench
 	$(PY) -m benchmarks
+
+# Wheels of what a bare GPU machine lacks (cp312 manylinux) + the project's own, into .whl/ (ignored by git);
+# checks the set resolves, fits the 64 MiB a device call carries, and imports on a simulated bare machine.
+gpu-wheels: install
+	$(PY) -m benchmarks.gpu.wheels --check-import
+
+# The GPU check (one process, under 8 minutes on one H100/H200); `--dry` runs it on the CPU.
+gpu-check: install
+	$(PY) -m benchmarks.gpu
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -62,11 +62,12 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Prints (and returns) a fixed-width text table."""
+    """Prints (and returns) a fixed-width text table; undefined values (NaN, e.g. an AUROC without normal images)
+    print as ``-``."""
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return "-" if v != v else f"{v:.4g}"
         return str(v)
 
     cells = [[fmt(h) for h in header]] + [[fmt(v) for v in r] for r in rows]

@@ -20,7 +20,7 @@ import argparse
 import gc
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -68,11 +68,42 @@ def build_model(preset: str, device: torch.device) -> Any:
     return Stage1Model(unet, captioner=captioner, scaling_factor=0.18215).to(device)  # latent inputs, SD's VAE scale
 
 
+def make_inputs(model: Any, batch: int, device: torch.device, seed: int = 0) -> Any:
+    """Random precomputed inputs (latent moments, text and image embeddings) for ``batch`` samples."""
+    from diffdefect import Stage1Inputs
+
+    latent = model.unet.sample_size
+    g = torch.Generator(device=device).manual_seed(seed)
+    return Stage1Inputs(
+        latent_moments=torch.randn(batch, 8, latent, latent, device=device, generator=g),
+        text=torch.randn(batch, model.context_dim, device=device, generator=g),
+        has_text=torch.ones(batch, dtype=torch.bool, device=device),
+        image_embedding=torch.randn(batch, model.captioner.in_dim, device=device, generator=g),
+    )
+
+
+def make_step(model: Any, optimizer: torch.optim.Optimizer, inputs: Any, device: torch.device) -> Callable[[], None]:
+    """One training step of the real Stage1Model/Stage1Loss on ``inputs`` (bf16 autocast on CUDA)."""
+    from diffdefect import Stage1Loss
+
+    loss_fn = Stage1Loss()
+    g = torch.Generator(device=device).manual_seed(0)
+    cuda = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def step() -> None:
+        with amp:
+            terms = loss_fn(model(inputs, g))
+        terms["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def measure(preset: str, batch: int, steps: int, warmup: int, compile_: bool, checkpointing: bool,
             device: torch.device) -> dict[str, Any]:
     """Times ``steps`` optimizer steps of the real Stage1Model/Stage1Loss on precomputed inputs."""
-    from diffdefect import Stage1Inputs, Stage1Loss
-
     torch.manual_seed(0)
     model = build_model(preset, device)
     model.set_gradient_checkpointing(checkpointing)
@@ -81,25 +112,8 @@ def measure(preset: str, batch: int, steps: int, warmup: int, compile_: bool, ch
         model.set_channels_last(True)
     if compile_:
         model.unet.compile()
-    loss_fn = Stage1Loss()
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, fused=cuda)
-    latent = model.unet.sample_size
-    g = torch.Generator(device=device).manual_seed(0)
-    inputs = Stage1Inputs(
-        latent_moments=torch.randn(batch, 8, latent, latent, device=device, generator=g),
-        text=torch.randn(batch, model.context_dim, device=device, generator=g),
-        has_text=torch.ones(batch, dtype=torch.bool, device=device),
-        image_embedding=torch.randn(batch, model.captioner.in_dim, device=device, generator=g),
-    )
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-
-    def step() -> None:
-        with amp:
-            terms = loss_fn(model(inputs, g))
-        terms["total"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = make_step(model, opt, make_inputs(model, batch, device), device)
     model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -24,7 +24,7 @@ from clipmdc.explain import explain_batch
 from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from common.data.errors import DataError
-from common.data.io import is_image_file, read_image
+from common.data.io import list_images, read_image
 
 OUTPUT_NAMES = ("anomaly_map", "image_score", "type_probs")
 
@@ -179,12 +179,12 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
     """
     from types import SimpleNamespace
 
-    from common.prediction import PredictionWriter
+    from common.prediction import ImagePrediction, PredictionWriter
 
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            files += list_images(item, recursive=True)  # hidden and system files (.*, __MACOSX) ignored
         elif item.is_file():
             files.append(item)
         else:
@@ -196,11 +196,18 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
     trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
     writer.on_predict_epoch_start(trainer, None)
     for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        images = load_images(chunk, predictor.image_size)
-        output = predictor.as_output(predictor(images.numpy()))
-        preds = explain_batch(output, images, [predictor.object_name] * len(chunk), [str(p) for p in chunk],
-                              image_threshold=image_threshold, pixel_threshold=pixel_threshold)
+        chunk, arrays, preds = [], [], []
+        for p in files[i : i + batch_size]:  # an unreadable file is listed in errors.csv, never stops the run
+            try:
+                arrays.append(load_images([p], predictor.image_size))
+                chunk.append(p)
+            except DataError as e:
+                preds.append(ImagePrediction.unreadable(str(p), str(e)))
+        if chunk:
+            images = torch.cat(arrays)
+            output = predictor.as_output(predictor(images.numpy()))
+            preds = explain_batch(output, images, [predictor.object_name] * len(chunk), [str(p) for p in chunk],
+                                  image_threshold=image_threshold, pixel_threshold=pixel_threshold) + preds
         writer.write_on_batch_end(trainer, None, preds, None, None, i // batch_size)
     writer.on_predict_epoch_end(trainer, None)
     return Path(out_dir)
@@ -230,7 +237,7 @@ def export_main(argv: Sequence[str]) -> None:
         print(f"TorchScript: {export_torchscript(module.model, a.torchscript, size, object_index)}")
 
 
-def onnx_predict_main(argv: Sequence[str]) -> None:
+def onnx_predict_main(argv: Sequence[str]) -> int:
     """``defectfm onnx-predict --onnx model.onnx --input IMG_OR_DIR [...] --out DIR``."""
     p = argparse.ArgumentParser(prog="defectfm onnx-predict", description="predict with an exported ONNX file")
     p.add_argument("--onnx", required=True)
@@ -240,3 +247,6 @@ def onnx_predict_main(argv: Sequence[str]) -> None:
     a = p.parse_args(argv)
     out = onnx_predict(a.onnx, a.input, a.out, a.batch_size)
     print(f"predictions written to {out}")
+    from common.prediction import EXIT_SOME_FAILED, count_errors
+
+    return EXIT_SOME_FAILED if count_errors(out) else 0

@@ -24,6 +24,11 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
+
+
+class NoNormalImagesError(ValueError):
+    """:meth:`NormalMemory.build` got no normal image to build the bank from."""
 
 
 def image_ids(paths: Sequence[str]) -> torch.Tensor:
@@ -31,7 +36,9 @@ def image_ids(paths: Sequence[str]) -> torch.Tensor:
     return torch.tensor([zlib.crc32(str(p).encode()) for p in paths], dtype=torch.long)
 
 
-def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int | None = 128, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor, size: int, projection_dim: int | None = 128, seed: int = 0, progress: bool = False
+) -> torch.Tensor:
     """Indices of a greedy k-center coreset (Sener & Savarese; PatchCore's subsampling).
 
     Written here because the algorithm is a dozen lines and anomalib (which has one) is a heavy optional
@@ -43,6 +50,7 @@ def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int | None
         size: Number of points to keep (``>= N`` keeps all).
         projection_dim: Projection width (``None`` or ``>= C``: no projection).
         seed: Seed of the projection and of the first center.
+        progress: Show a progress bar (one step per selected point: minutes on large banks).
 
     Returns:
         ``(size,)`` int64 indices into ``features``, in selection order.
@@ -59,7 +67,7 @@ def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int | None
     selected = torch.empty(size, dtype=torch.long)
     idx = int(torch.randint(n, (1,), generator=g))
     min_d2 = torch.full((n,), float("inf"), device=x.device)
-    for i in range(size):
+    for i in tqdm(range(size), desc="memory bank: coreset", disable=not progress, leave=False, mininterval=0.5):
         selected[i] = idx
         d2 = sq - 2.0 * (x @ x[idx]) + sq[idx]  # (N,) squared distance to the new center: one mat-vec
         min_d2 = torch.minimum(min_d2, d2)  # (N,) squared distance to the nearest center
@@ -161,7 +169,9 @@ class NormalMemory(nn.Module):
         return (d / self.scale).reshape(B, 1, h, w)
 
     @torch.no_grad()
-    def build(self, batches: Iterable[tuple[Sequence[torch.Tensor], torch.Tensor]], sample: int = 8192) -> dict[str, float]:
+    def build(
+        self, batches: Iterable[tuple[Sequence[torch.Tensor], torch.Tensor]], sample: int = 8192, progress: bool = False
+    ) -> dict[str, float]:
         """Fills the bank from normal images.
 
         Args:
@@ -169,12 +179,13 @@ class NormalMemory(nn.Module):
                 :func:`image_ids`.
             sample: Patches used to estimate :attr:`scale` (their leave-one-image-out nearest-neighbour
                 distance, averaged).
+            progress: Show a progress bar over the coreset selection.
 
         Returns:
             ``{"images", "patches", "bank"}`` counts and ``scale``.
 
         Raises:
-            ValueError: No patches were given (no normal training image).
+            NoNormalImagesError: No patches were given (no normal training image).
         """
         feats, owners = [], []
         for tokens, ids in batches:
@@ -183,13 +194,13 @@ class NormalMemory(nn.Module):
             feats.append(f.flatten(2).transpose(1, 2).reshape(-1, f.shape[1]).cpu())  # (B*h*w, C)
             owners.append(ids.cpu().repeat_interleave(hw))
         if not feats:
-            raise ValueError("the normal-reference memory needs normal training images, and none were given")
+            raise NoNormalImagesError("the normal-reference memory needs normal training images, and none were given")
         all_feats, all_owners = torch.cat(feats), torch.cat(owners)  # (N, C), (N,)
         n = all_feats.shape[0]
         size = max(1, round(self.coreset_ratio * n))
         if self.max_bank is not None:
             size = min(size, self.max_bank)
-        keep = greedy_coreset(all_feats, size, self.projection_dim, self.seed)
+        keep = greedy_coreset(all_feats, size, self.projection_dim, self.seed, progress=progress)
         bank, owner = all_feats[keep], all_owners[keep]
         g = torch.Generator().manual_seed(self.seed + 1)
         probe = torch.randperm(n, generator=g)[: min(sample, n)]

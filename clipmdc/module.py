@@ -9,6 +9,8 @@ and the type metrics.
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
 import lightning as L
@@ -17,14 +19,17 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clipmdc.explain import explain_batch
 from clipmdc.loss import CLIPMDCLoss
-from clipmdc.memory import image_ids
+from clipmdc.memory import NoNormalImagesError, image_ids
 from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import normalize_vocabulary
 from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
+from common.checkpoint import vocabulary as checkpoint_vocabulary
+from common.data.errors import DataError
 from common.data.types import DefectBatch
+from common.encoders.frozen import expect_frozen_eval_modules
 from common.metrics import anomaly_metrics, defect_type_metrics
-from common.prediction import ImagePrediction
+from common.prediction import ImagePrediction, predict_readable
 from common.synthesis.generator import PerlinAnomalyGenerator
 
 
@@ -90,25 +95,27 @@ class CLIPMDCModule(L.LightningModule):
             self.val_pixel_metrics = pixel.clone(prefix="val/")
             self.test_pixel_metrics = pixel.clone(prefix="test/")
         self._type_mapping: torch.Tensor | None = None
-        self._object_mapping: torch.Tensor | None = None
         self._synthetic_type_id = -1
         self._generator: torch.Generator | None = None
+        self._data_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
+        self._checkpoint_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
         self._configure_vocabulary(None, None)
 
     # ------------------------------------------------------------------ vocabulary
     def _configure_vocabulary(self, data_types: list[str] | None, data_objects: list[str] | None) -> None:
-        """Sets the model vocabulary (override > data > model default) and the data->model id mapping."""
-        types = normalize_vocabulary(self.defect_types or data_types or self.model.defect_types)
-        objects = list(self.object_names or data_objects or self.model.object_names)
+        """Sets the model vocabulary and the data->model type-id mapping. Precedence: the constructor's
+        ``defect_types`` / ``object_names`` (config or command line) > the checkpoint's (test/predict) > the data's
+        > the model's default."""
+        self._data_vocabulary = (data_types, data_objects)
+        ckpt_types, ckpt_objects = self._checkpoint_vocabulary
+        types = normalize_vocabulary(self.defect_types or ckpt_types or data_types or self.model.defect_types)
+        objects = list(self.object_names or ckpt_objects or data_objects or self.model.object_names)
         if types != self.model.defect_types or objects != self.model.object_names:
             self.model.set_vocabulary(types, objects)
-        self._type_mapping = self._object_mapping = None
+        self._type_mapping = None
         if data_types is not None and list(data_types) != types:
             index = {name: i for i, name in enumerate(types)}
             self._type_mapping = torch.tensor([index.get(n, -1) for n in data_types], dtype=torch.long)
-        if data_objects is not None and list(data_objects) != objects:
-            index = {name: i for i, name in enumerate(objects)}
-            self._object_mapping = torch.tensor([index.get(n, -1) for n in data_objects], dtype=torch.long)
         if self.synthetic_defect_type is None:
             self._synthetic_type_id = -1
         elif self.synthetic_defect_type in types:
@@ -118,54 +125,106 @@ class CLIPMDCModule(L.LightningModule):
                 f"synthetic_defect_type {self.synthetic_defect_type!r} is not in the vocabulary {types}"
             )
         type_metrics = defect_type_metrics(len(types))  # K follows the vocabulary
-        self.val_type_metrics = type_metrics.clone(prefix="val/type_")
-        self.test_type_metrics = type_metrics.clone(prefix="test/type_")
+        self.val_type_metrics = type_metrics.clone(prefix="val/type_").to(self.device)
+        self.test_type_metrics = type_metrics.clone(prefix="test/type_").to(self.device)
 
     def setup(self, stage: str) -> None:
-        """Takes the vocabulary and object names from the DataModule unless overridden."""
+        """Takes the vocabulary and object names from the DataModule unless overridden. Predict asks the data for
+        none: the command line, the checkpoint or an earlier stage's data name them (the training data may be
+        gone)."""
+        if stage == "predict":  # the names of an earlier stage's data, if any
+            self._configure_vocabulary(*self._data_vocabulary)
+            return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
         data_objects = list(getattr(datamodule, "object_names", None) or []) or None
         self._configure_vocabulary(data_types, data_objects)
-        self.val_type_metrics.to(self.device)
-        self.test_type_metrics.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Records the vocabulary in the checkpoint (informative; the text embeddings are not saved)."""
-        checkpoint["clipmdc_vocabulary"] = {
+        """Records the vocabulary in ``checkpoint["defectfm"]`` (the text embeddings are recomputed from it)."""
+        checkpoint.setdefault("defectfm", {})["vocabulary"] = {
             "defect_types": self.model.defect_types,
             "object_names": self.model.object_names,
         }
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's vocabulary (below the command line, above the data) unless resuming a fit, where
+        the data's names keep training what the data labels."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        vocab = checkpoint_vocabulary(checkpoint)
+        if vocab and not fitting:
+            self._checkpoint_vocabulary = (vocab.get("defect_types"), vocab.get("object_names"))
+            self._configure_vocabulary(*self._data_vocabulary)
+
     # ------------------------------------------------------------------ normal-reference memory
+    def on_fit_start(self) -> None:
+        """The frozen encoders are in eval mode by design: no warning about them (any other module still warns)."""
+        expect_frozen_eval_modules(self)
+
     def on_train_start(self) -> None:
         """Fills the model's normal-reference memory from the normal training images (once: a bank loaded from
         a checkpoint is kept). Takes the DataModule's un-augmented ``reference_dataloader`` when it has one
         (augmented patches, e.g. brightness-jittered, would make defects look normal), else the training
-        batches."""
+        batches. When training is limited (``fast_dev_run``, ``limit_train_batches``) the bank is built from as
+        many normal images as those batches hold, so a debug run stays quick (a line says so).
+
+        Raises:
+            DataError: The training data holds no normal image (the message says what to do).
+        """
         memory = self.model.memory
         if memory is None or memory.ready:
             return
+        limit = self._memory_image_limit()
         datamodule = getattr(self.trainer, "datamodule", None)
         if hasattr(datamodule, "reference_dataloader"):  # un-augmented, whole training set on every rank
-            tokens = self._normal_tokens(datamodule.reference_dataloader(), gather=False)
+            loader_fn = datamodule.reference_dataloader
+            capped = limit is not None and "max_images" in inspect.signature(loader_fn).parameters
+            loader = loader_fn(max_images=limit) if capped else loader_fn()
+            tokens = self._normal_tokens(loader, gather=False, limit=limit)
         else:  # augmented training batches; each DDP rank has its shard, so gather
-            tokens = self._normal_tokens(self.trainer.train_dataloader, gather=self.trainer.world_size > 1)
-        info = memory.build(tokens)
+            tokens = self._normal_tokens(self.trainer.train_dataloader, gather=self.trainer.world_size > 1, limit=limit)
+        if limit is not None:
+            self.print(f"normal-reference memory: built from at most {limit} normal images, because training is "
+                       "limited (fast_dev_run / limit_train_batches); a full run uses every normal training image")
+        try:
+            info = memory.build(tokens, progress=not self._quiet)
+        except NoNormalImagesError as e:
+            raise DataError(
+                "the normal-reference memory (model.init_args.model.init_args.memory) is built from normal "
+                "(defect-free) training images, and the training split has none: add defect-free images (e.g. a "
+                "good/ folder), or train without the memory (--model.init_args.model.init_args.memory null)"
+            ) from e
         self.print(
             f"normal-reference memory: {info['bank']} of {info['patches']} patches from {info['images']} normal "
             f"training images (scale {info['scale']:.4g})"
         )
 
+    @property
+    def _quiet(self) -> bool:
+        """No progress bars: not rank 0, or the trainer runs without a progress bar."""
+        return not self.trainer.is_global_zero or self.trainer.progress_bar_callback is None
+
+    def _memory_image_limit(self) -> int | None:
+        """At most this many normal images for the memory when training is limited to a number of batches
+        (``fast_dev_run``, an int or fractional ``limit_train_batches``): those batches' images; else ``None``."""
+        t = self.trainer
+        limit = t.limit_train_batches
+        if not (isinstance(limit, int) or float(limit) < 1.0) or not math.isfinite(t.num_training_batches):
+            return None
+        batch_size = getattr(t.train_dataloader, "batch_size", None) or 1
+        return max(1, int(t.num_training_batches) * int(batch_size))
+
     @torch.no_grad()
-    def _normal_tokens(self, loader: Any, gather: bool) -> Any:
+    def _normal_tokens(self, loader: Any, gather: bool, limit: int | None = None) -> Any:
         """Yields ``(tokens, image ids)`` of the normal images of one pass over ``loader`` (with ``gather``, all
-        DDP ranks' images, so every rank builds the same bank)."""
+        DDP ranks' images, so every rank builds the same bank), stopping after ``limit`` images."""
         from tqdm.auto import tqdm
 
-        quiet = not self.trainer.is_global_zero or self.trainer.progress_bar_callback is None
-        bar = tqdm(loader, desc="memory bank", leave=False, disable=quiet)
+        seen = 0
+        bar = tqdm(loader, desc="memory bank: normal images", leave=False, disable=self._quiet)
         for batch in bar:
+            if limit is not None and seen >= limit:
+                break
             batch = batch.to(self.device)
             normal = batch.label == 0  # (B,)
             tokens = self.model.image_encoder(batch.image).tokens
@@ -176,6 +235,9 @@ class CLIPMDCModule(L.LightningModule):
                 torch.distributed.all_gather_object(gathered, ([t.cpu() for t in tokens], ids.cpu()))
                 tokens = [torch.cat([g[0][i] for g in gathered]) for i in range(len(tokens))]
                 ids = torch.cat([g[1] for g in gathered])
+            if limit is not None and seen + len(ids) > limit:
+                tokens, ids = [t[: limit - seen] for t in tokens], ids[: limit - seen]
+            seen += len(ids)
             if len(ids):
                 yield tokens, ids
 
@@ -185,10 +247,9 @@ class CLIPMDCModule(L.LightningModule):
         return self.model(image, object_id)
 
     def _object_ids(self, batch: DefectBatch) -> torch.Tensor:
-        """Data object ids mapped by name to the model's object names (``-1``: unknown to the model)."""
-        if self._object_mapping is None:
-            return batch.object_id
-        return self._object_mapping.to(batch.object_id.device)[batch.object_id]
+        """``(B,)`` the batch's objects as the model's object ids, matched by name (``-1``: unknown to the model)."""
+        index = {name: i for i, name in enumerate(self.model.object_names)}
+        return torch.tensor([index.get(n, -1) for n in batch.object_name], dtype=torch.long, device=self.device)
 
     def _synthesis_generator(self) -> torch.Generator:
         if self._generator is None:
@@ -242,6 +303,8 @@ class CLIPMDCModule(L.LightningModule):
 
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
         """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`)."""
+        if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
+            return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
         object_ids = self._object_ids(batch)
         output = self.model(batch.image, object_ids)
         prompts = self.model.closest_prompts(output.embedding, object_ids)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.cli import DefectCLI
 from common.data.demo import generate_demo_dataset
+from common.metrics import format_metric
 
 REPORTED = (
     ("test/image_auroc", "I-AUROC"),
@@ -59,7 +60,7 @@ def run_demo(data: str = "data/demo", config: str = "configs/clipmdc/demo.yaml",
     print(f"{'metric':<16}{'value':>10}")
     for key, name in REPORTED:
         if key in metrics:
-            print(f"{name:<16}{metrics[key]:>10.4f}")
+            print(f"{name:<16}{format_metric(metrics[key]):>10}")  # "-": undefined on this data
     for w in writers:
         out = Path(w.output_dir)
         print(f"pictures: {out}/contact_sheet.png, {out}/overlays/, maps in {out}/maps/")

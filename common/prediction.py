@@ -3,6 +3,12 @@
 Models return a list of :class:`ImagePrediction` per batch; :class:`PredictionWriter` writes per image an
 overlay PNG, the anomaly map (16-bit PNG), the class-id mask of semantic predictions (PNG) and one JSON line,
 and at the end a contact sheet and a CSV summary.
+
+A file that cannot be read never stops a prediction run: the predict dataset marks it failed
+(:attr:`~common.data.types.DefectBatch.error`), the model's ``predict_step`` skips it through
+:func:`predict_readable` (a :meth:`ImagePrediction.unreadable` placeholder keeps its place), and the writer lists
+it with its reason in ``errors.csv``, counts it in the final line (``N images predicted, M failed (see
+errors.csv)``) and the ``lightning``/``defectfm`` command exits with :data:`EXIT_SOME_FAILED`.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,12 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from common.data.types import DefectBatch
 from common.viz.overlay import contact_sheet, overlay
+
+EXIT_SOME_FAILED = 3
+"""Exit code of a prediction command that wrote every readable image but could not read some files (1 is a crash,
+2 bad input that stopped the run)."""
 
 
 @dataclass
@@ -36,6 +48,8 @@ class ImagePrediction:
         threshold: Level at which the overlay contour is drawn.
         label_map: ``(H, W)`` integer class ids of a semantic prediction (indices into ``record["vocabulary"]``,
             0 = background), or ``None`` for models that give only an anomaly map.
+        error: Why the file could not be read (one line naming it); ``None`` for a real prediction. The writer
+            lists such entries in ``errors.csv`` instead of writing pictures.
     """
 
     path: str
@@ -45,6 +59,46 @@ class ImagePrediction:
     record: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     label_map: np.ndarray | None = None
+    error: str | None = None
+
+    @classmethod
+    def unreadable(cls, path: str, reason: str) -> ImagePrediction:
+        """The placeholder of a file that could not be read."""
+        return cls(path, np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), "unreadable", error=reason)
+
+
+def predict_readable(
+    batch: DefectBatch, predict: Callable[[DefectBatch], list[ImagePrediction]]
+) -> list[ImagePrediction]:
+    """Runs ``predict`` on the readable images of ``batch`` only; the others get
+    :meth:`ImagePrediction.unreadable` placeholders. The result is in batch order.
+
+    Args:
+        batch: A predict batch, possibly with failed images (:attr:`~common.data.types.DefectBatch.failed`).
+        predict: The model's prediction of a batch without failures (e.g. its own ``predict_step``).
+    """
+    bad = set(batch.failed)
+    if not bad:
+        return predict(batch)
+    good = [i for i in range(len(batch)) if i not in bad]
+    preds = iter(predict(batch.select(good)) if good else [])
+    errors = batch.error or []
+    return [ImagePrediction.unreadable(batch.path[i], errors[i]) if i in bad else next(preds) for i in range(len(batch))]
+
+
+def failed_predictions(trainer: L.Trainer) -> int:
+    """How many files the trainer's :class:`PredictionWriter` s could not read (0 without a writer)."""
+    return sum(cb.failed for cb in trainer.callbacks if isinstance(cb, PredictionWriter))
+
+
+def count_errors(output_dir: str | Path) -> int:
+    """Rows of the ``errors*.csv`` files a :class:`PredictionWriter` left in ``output_dir`` (files it could not
+    read), for commands that drive the writer themselves (``defectfm onnx-predict``)."""
+    total = 0
+    for path in Path(output_dir).glob("errors*.csv"):
+        with path.open(newline="") as f:
+            total += sum(1 for _ in csv.DictReader(f))
+    return total
 
 
 def _safe_stem(path: str, index: int) -> str:
@@ -58,7 +112,8 @@ class PredictionWriter(BasePredictionWriter):
     Output layout (``output_dir``): ``overlays/<n>_<name>.png``, ``maps/<n>_<name>.png`` (anomaly probability
     x 65535 as 16-bit grey), ``masks/<n>_<name>.png`` for semantic predictions (class ids as grey values, 8-bit,
     16-bit past 255 classes: the layout of class-id annotations such as NEU-Seg's), ``predictions.jsonl`` (one
-    JSON object per image, naming its files), ``contact_sheet.png``, ``summary.csv``.
+    JSON object per image, naming its files), ``contact_sheet.png``, ``summary.csv``, and ``errors.csv``
+    (``path,reason``, one row per file that could not be read; header only when all were read).
 
     Args:
         output_dir: Folder to write into (created).
@@ -81,6 +136,17 @@ class PredictionWriter(BasePredictionWriter):
         self._thumbs: list[np.ndarray] = []
         self._captions: list[str] = []
         self._rows: list[dict[str, Any]] = []
+        self._errors: list[tuple[str, str]] = []
+
+    @property
+    def predicted(self) -> int:
+        """Images predicted and written in the last run."""
+        return self._count
+
+    @property
+    def failed(self) -> int:
+        """Files that could not be read in the last run (listed in ``errors.csv``)."""
+        return len(self._errors)
 
     def _suffix(self, trainer: L.Trainer) -> str:
         return f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
@@ -90,12 +156,16 @@ class PredictionWriter(BasePredictionWriter):
             (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
         self._jsonl = self.output_dir / f"predictions{self._suffix(trainer)}.jsonl"
         self._jsonl.write_text("")
-        self._count, self._thumbs, self._captions, self._rows = 0, [], [], []
+        self._count, self._thumbs, self._captions, self._rows, self._errors = 0, [], [], [], []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         """Writes the files of one batch of :class:`ImagePrediction` s."""
         lines = []
         for pred in prediction:
+            if pred.error is not None:  # unreadable: listed in errors.csv, nothing else to write
+                self._errors.append((pred.path, pred.error))
+                print(f"predict: skipped, listed in errors.csv: {pred.error}", file=sys.stderr, flush=True)
+                continue
             stem = _safe_stem(pred.path, self._count)
             self._count += 1
             over = overlay(pred.image, pred.anomaly_map, pred.threshold, pred.label)
@@ -126,6 +196,12 @@ class PredictionWriter(BasePredictionWriter):
             w = csv.DictWriter(f, fieldnames=self.csv_fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(self._rows)
-        if trainer.is_global_zero:
-            print(f"predictions: {self._count} images -> {self.output_dir} "
-                  f"(overlays/, maps/, masks/ for semantic predictions, predictions.jsonl, contact_sheet.png, summary.csv)")
+        with (self.output_dir / f"errors{suffix}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "reason"])
+            w.writerows(self._errors)
+        failed = f"{self.failed} failed" + (f" (see errors{suffix}.csv)" if self.failed else "")
+        if trainer.is_global_zero or self.failed:
+            print(f"{self._count} images predicted, {failed} -> {self.output_dir} "
+                  f"(overlays/, maps/, masks/ for semantic predictions, predictions.jsonl, contact_sheet.png, "
+                  f"summary.csv, errors.csv)", flush=True)

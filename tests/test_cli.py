@@ -12,7 +12,7 @@ import yaml
 from common.cli import DefectCLI, main
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "corpus")  # corpus/: name maps
 
 
 def test_help_lists_subcommands() -> None:
@@ -79,3 +79,49 @@ def test_last_checkpoint_is_written_every_epoch(path: Path) -> None:
         args = cb.get("init_args") or {}
         if cb.get("class_path", "").endswith("ModelCheckpoint") and args.get("save_last"):
             assert args.get("monitor") is None, f"{path}: save_last on a ModelCheckpoint monitoring {args['monitor']}"
+
+
+DEBUG = REPO / "configs" / "trainer" / "debug.yaml"
+OVERLAY_BASES = {  # configs that complete another one: stacked on it
+    "clipmdc/model/tiny.yaml": "clipmdc/demo.yaml",
+    "diffdefect/stage1_tiny.yaml": "stage1_diffusion.yaml",
+    "diffdefect/stage1_fsdp.yaml": "stage1_diffusion.yaml",
+    "diffdefect/stage1_multinode.yaml": "stage1_diffusion.yaml",
+    "diffdefect/stage2_tiny.yaml": "diffdefect/stage2_openvocab.yaml",
+}
+
+
+class TrainerOnlyCLI(DefectCLI):
+    """Parses like ``lightning fit`` and builds only the Trainer (and its callbacks), without running it: model
+    and data of the real presets would load weights and data this test does not need."""
+
+    def instantiate_classes(self) -> None:
+        cfg = self.config.clone()
+        cfg[self.subcommand].model = cfg[self.subcommand].data = None
+        self.config_init = self.parser.instantiate_classes(cfg)
+        self.model = self.datamodule = None
+        self.trainer = self.instantiate_trainer()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
+def test_debug_preset_stacks_on_every_config(path: Path) -> None:
+    """README: ``lightning fit --config EXPERIMENT.yaml --config configs/trainer/debug.yaml`` is a one-batch smoke
+    run for every config, trainer presets (GPU, DDP, FSDP, multi-node) included."""
+    rel = path.relative_to(REPO / "configs").as_posix()
+    stack = [path]
+    if rel in OVERLAY_BASES:
+        stack = [REPO / "configs" / OVERLAY_BASES[rel], path]
+    elif rel.startswith("trainer/") or "model" not in (yaml.safe_load(path.read_text()) or {}):
+        stack = [REPO / "configs" / "clipmdc" / "demo.yaml", path]  # trainer presets, data-only configs
+    args = ["fit", *[x for p in [*stack, DEBUG] for x in ("--config", str(p))]]
+    trainer = TrainerOnlyCLI(args=args).trainer
+    assert trainer.fast_dev_run and trainer.num_nodes == 1 and trainer.num_devices == 1
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator" and trainer.logger is None
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # the experiment's ModelCheckpoint callbacks are left out (Lightning's default one saves nothing here)
+    assert not any(isinstance(cb, ModelCheckpoint) and (cb.save_last or cb.dirpath) for cb in trainer.callbacks)
+

@@ -5,8 +5,10 @@ from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
 from common.data.image_text import ImageTextBatch, ImageTextDataModule
 from common.data.readers import (
+    BoxReader,
     ClassIdSegReader,
     FolderReader,
+    ImageFilesReader,
     KSDD2Reader,
     MagneticTileReader,
     ManifestReader,
@@ -19,6 +21,7 @@ from common.data.types import NORMAL, DefectBatch, Sample, SampleRecord
 
 __all__ = [
     "NORMAL",
+    "BoxReader",
     "ClassIdSegReader",
     "DataError",
     "DefectBatch",
@@ -26,6 +29,7 @@ __all__ = [
     "DefectDataset",
     "EpochDataLoader",
     "FolderReader",
+    "ImageFilesReader",
     "ImageTextBatch",
     "ImageTextDataModule",
     "KSDD2Reader",

@@ -1,8 +1,8 @@
-"""Templated expert-style captions from what a sample's labels say (the data side of image-text training).
+"""Templated expert-style captions of labelled defect images.
 
 IMDD-1M pairs each image with an expert-verified description of about 42 words (object, defect type,
-location, severity, surface context). Public datasets have labels and masks but no text; :func:`caption_for`
-writes such descriptions from the labels, deterministically:
+location, severity, surface context). Public datasets have labels and masks but no text; this module writes
+such descriptions from what the labels say, deterministically:
 
 * object and surface context (a short phrase per known object, e.g. "brushed metal surface");
 * defect type in inspection vocabulary ("scratch" -> "linear scratch", :data:`DEFECT_TERMS`);
@@ -12,8 +12,8 @@ writes such descriptions from the labels, deterministically:
 * a template chosen by a stable hash of the image path, so the same dataset always gives the same text.
 
 The nouns (object and defect type) are stored as ``nouns`` for stage-2 grounding. Used by the image-text
-manifests of stage 1 (:mod:`diffdefect.stage1.captions`), by the DataModule for samples without a caption
-(``captions="templated"``) and by stage 2's class phrases. Examples (demo data)::
+manifests of stage 1 (:mod:`diffdefect.stage1.captions`), by the corpus builder, by the DataModule for samples
+without a caption (``captions="templated"``) and by stage 2's class phrases. Examples (demo data)::
 
     A close-up inspection image of a plate, a brushed metal surface with fine parallel streaks. A small linear
     scratch is visible in the upper left region, covering about 1.2% of the area; the defect is moderate and
@@ -22,6 +22,10 @@ manifests of stage 1 (:mod:`diffdefect.stage1.captions`), by the DataModule for 
     A close-up inspection image of a fabric, a woven textile surface with a regular weave pattern. The surface
     is uniform and free of defects: no scratches, holes, stains or deformations are visible, and the texture is
     consistent across the whole field of view.
+
+The templates live in ``common`` (not in a model package) because they describe data, not a model: the
+corpus builder (:mod:`common.data.corpus`) writes them, and ``common`` never imports a model family. The
+``defectfm captions`` command (:mod:`diffdefect.stage1.captions`) writes single-dataset manifests with them.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ SURFACES: dict[str, str] = {
     "magnetic_tile": "a magnetic tile with a matte ceramic surface",
     "steel_strip": "a hot-rolled steel strip surface",
     "electrical_commutator": "an electrical commutator surface with polished segments",
+    # CrackForest, masonry cracks, PV-Vision EL cells, DeepPCB
+    "pavement": "an asphalt road surface with a coarse aggregate texture",
+    "masonry_wall": "a brick and stone masonry wall with mortar joints",
+    "solar_cell": "an electroluminescence image of a crystalline silicon solar cell with metal busbars",
+    "pcb": "a binarised image of a bare printed circuit board with copper traces and pads",
 }
 
 DEFECT_TERMS: dict[str, str] = {
@@ -88,6 +97,10 @@ DEFECT_TERMS: dict[str, str] = {
     "poke": "poke mark",
     "thread": "loose thread",
     "defect": "surface defect",
+    # unified names of the corpus data sets (configs/corpus/names.yaml) that read badly as they are
+    "patch": "surface patch",
+    "dark_area": "dark inactive area",
+    "spur": "copper spur",
 }
 
 LOCATIONS = (("upper left", "top center", "upper right"), ("left", "center", "right"), ("lower left", "bottom center", "lower right"))

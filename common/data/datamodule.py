@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from collections import Counter
 from collections.abc import Sequence
 
 import albumentations as A
@@ -17,7 +17,6 @@ from common.data.splits import few_shot, stratified_split
 from common.data.transforms import build_transform
 from common.data.types import NORMAL, SampleRecord
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -29,6 +28,13 @@ class DefectDataModule(L.LightningDataModule):
     with ``split_ratios``. ``split="random"`` ignores the dataset's splits and splits everything with
     ``split_ratios`` (use it to get defective training samples from MVTec-style sets, whose train split is
     defect-free). The same records, ratios and seed always give the same split.
+
+    What was found is printed (rank 0) when a trainer sets the DataModule up: per split the images, normal,
+    defective and unlabelled ones, masks and the classes, so a misread layout is visible at once
+    (:meth:`summary`). In predict, a file that cannot be read does not stop the run: it is marked failed with
+    its one-line reason (:class:`~common.data.dataset.DefectDataset` ``on_error="mark"``), skipped by the model
+    and listed in ``errors.csv`` by :class:`~common.prediction.PredictionWriter`; fit, validate and test stop at
+    the first bad file with one line naming it.
 
     Args:
         reader: The dataset reader (``class_path`` in YAML).
@@ -106,6 +112,7 @@ class DefectDataModule(L.LightningDataModule):
         self.predict_reader = predict_reader
         self.captions = captions
         self._splits: dict[str, list[SampleRecord]] | None = None
+        self._printed: set[str] = set()
 
     # ----------------------------------------------------------------- vocabulary (for link_arguments)
     @property
@@ -116,7 +123,8 @@ class DefectDataModule(L.LightningDataModule):
             return list(dict.fromkeys(names))
         if isinstance(self.reader, ClassIdSegReader):
             return [NORMAL, *self.reader.class_names]
-        found = sorted({r.defect_type for r in self.reader.records()} - {NORMAL})
+        records = self.reader.records()  # class names too: a class may never be an image's main defect type
+        found = sorted(({r.defect_type for r in records} | {n for r in records for n in r.class_names}) - {NORMAL})
         return [NORMAL, *found]
 
     @property
@@ -134,8 +142,59 @@ class DefectDataModule(L.LightningDataModule):
         """The train/val/test records (computed once; deterministic from the seed)."""
         if self._splits is None:
             self._splits = self._make_splits()
-            log.info("defectfm data: %s", {k: len(v) for k, v in self._splits.items()})
         return self._splits
+
+    # ----------------------------------------------------------------- what was found
+    def setup(self, stage: str) -> None:
+        """Prints :meth:`summary` once per stage kind (rank 0)."""
+        kind = "predict" if stage == "predict" else "data"
+        if kind in self._printed:
+            return
+        self._printed.add(kind)
+        text = self.summary(predict=stage == "predict")
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.is_global_zero:
+            print(text, flush=True)
+
+    def summary(self, predict: bool = False) -> str:
+        """A compact table of what the reader found.
+
+        Args:
+            predict: Describe the predict images instead of the train/val/test splits.
+
+        Returns:
+            A header line (reader, layout, root, objects) and one row per split: images, normal, defective,
+            unlabelled (when any), masks, and the classes with their counts.
+        """
+        if predict:
+            reader = self.predict_reader or self.reader
+            recs = self.predict_reader.records() if self.predict_reader is not None else self.split_records()["test"]
+            parts = {"predict": recs}
+        else:
+            reader = self.reader
+            parts = dict(self.split_records())
+        how = {"groups": "; sub-folders are groups, labels from the masks", "classes": "; sub-folders are classes"}
+        how = how.get(getattr(reader, "subfolder_mode", None) or "", "")
+        objects = Counter(r.object_name for recs in parts.values() for r in recs)
+        head = f"defectfm data: {type(reader).__name__} at {reader.root} ({reader.layout}{how}); objects: {_names(objects)}"
+        unlabelled = any(r.is_anomalous is None for recs in parts.values() for r in recs)
+        header = ["split", "images", "normal", "defective", *(["unlabelled"] if unlabelled else []), "masks",
+                  "classes"]
+        rows = []
+        for name, recs in parts.items():
+            row = [name, len(recs), sum(r.is_anomalous is False for r in recs),
+                   sum(r.is_anomalous is True for r in recs)]
+            if unlabelled:
+                row.append(sum(r.is_anomalous is None for r in recs))
+            row += [sum(r.mask_path is not None for r in recs), _names(Counter(r.defect_type for r in recs))]
+            rows.append([str(v) for v in row])
+        widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+        lines = [head] + ["  ".join(c.rjust(w) if 0 < i < len(header) - 1 else c.ljust(w)
+                                    for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+                          for r in (header, *rows)]
+        if not predict:
+            lines.append(f"vocabulary ({self.num_classes}): {', '.join(self.vocabulary)}")
+        return "\n".join(lines)
 
     def _make_splits(self) -> dict[str, list[SampleRecord]]:
         records = self.reader.records()
@@ -173,8 +232,16 @@ class DefectDataModule(L.LightningDataModule):
     def dataset(self, stage: str) -> DefectDataset:
         """The dataset of ``stage`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``)."""
         if stage == "predict":
-            recs = self.predict_reader.records() if self.predict_reader is not None else self.split_records()["test"]
-            return self._dataset(recs, train=False)
+            if self.predict_reader is None:
+                dataset = self._dataset(self.split_records()["test"], train=False)
+            else:
+                # names from the images predicted, not from the training reader: its folder may be gone by now
+                recs = self.predict_reader.records()
+                names = [NORMAL, *sorted({r.defect_type for r in recs} - {NORMAL})]
+                objects = sorted({r.object_name for r in recs})
+                dataset = DefectDataset(recs, names, objects, build_transform(self.image_size, "none"))
+            dataset.on_error = "mark"  # one unreadable file never stops a prediction run (see the class doc)
+            return dataset
         return self._dataset(self.split_records()[stage], train=stage == "train")
 
     def _loader(self, stage: str, shuffle: bool, batch_size: int, dataset: DefectDataset | None = None) -> DataLoader:
@@ -192,10 +259,20 @@ class DefectDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)
 
-    def reference_dataloader(self) -> DataLoader:
-        """The training images without augmentation, in a fixed order, at the evaluation batch size: what a
-        reference memory is built from (e.g. CLIP-MDC's normal memory). Not sharded across DDP ranks."""
-        return self._loader("train", False, self.eval_batch_size, self._dataset(self.split_records()["train"], False))
+    def reference_dataloader(self, max_images: int | None = None) -> DataLoader:
+        """The normal training images without augmentation, in a fixed order, at the evaluation batch size: what
+        a reference memory is built from (e.g. CLIP-MDC's normal memory). Not sharded across DDP ranks.
+
+        Args:
+            max_images: Serve at most this many, evenly spread over the list (e.g. for a quick debug run).
+
+        Records labelled defective are left out; unlabelled ones are served (their label comes from their mask,
+        if any, so consumers still filter by ``label``).
+        """
+        recs = [r for r in self.split_records()["train"] if r.is_anomalous is not True]
+        if max_images is not None and len(recs) > max_images:
+            recs = [recs[i * len(recs) // max_images] for i in range(max_images)]
+        return self._loader("train", False, self.eval_batch_size, self._dataset(recs, False))
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.split_records()["val"]:
@@ -207,3 +284,10 @@ class DefectDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, self.eval_batch_size)
+
+
+def _names(counts: Counter, limit: int = 5) -> str:
+    """``"good 80, scratch 20, ... (+3 more)"``: the most frequent names first."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
+    return text + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

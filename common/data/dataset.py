@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.captions import caption_for
+from common.data.errors import DataError
 from common.data.io import load_sample
-from common.data.types import NORMAL, DefectBatch, SampleRecord
+from common.data.types import NORMAL, DefectBatch, Sample, SampleRecord
 
 _UNKNOWN_U8 = 255
 
@@ -23,7 +24,7 @@ class DefectDataset(Dataset):
     Each item is a dict (so per-sample wrappers such as Perlin synthesis can edit it) with keys ``image``
     ``(3, H, W)`` float in [0, 1], ``mask`` ``(1, H, W)`` float {0, 1}, ``has_mask``, ``label``,
     ``defect_type_id``, ``class_mask`` ``(H, W)`` int64, ``object_id``, ``defect_type``, ``object_name``,
-    ``caption``, ``path``, ``index``.
+    ``caption``, ``path``, ``index``, ``error``.
 
     Normal samples without a mask file get an all-zero mask marked as known (``has_mask`` True): a defect-free
     image has no defect pixels. Defective samples without a mask get ``has_mask`` False.
@@ -37,6 +38,10 @@ class DefectDataset(Dataset):
         drop_masks: Serve no masks at all (weak supervision: image labels only).
         template_captions: Write a caption from the labels and the (transformed) mask where the dataset has none
             (:func:`common.data.captions.caption_for`).
+        on_error: ``"raise"``: a file that cannot be read stops with its one-line
+            :class:`~common.data.errors.DataError` (training, validation, test). ``"mark"`` (predict): the item
+            becomes a placeholder (zero pixels, label unknown) whose ``error`` holds that line, so one bad file
+            never stops a prediction run; models skip such items and the writer lists them in ``errors.csv``.
     """
 
     def __init__(
@@ -47,7 +52,10 @@ class DefectDataset(Dataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         drop_masks: bool = False,
         template_captions: bool = False,
+        on_error: str = "raise",
     ) -> None:
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         if not vocabulary or vocabulary[0] != NORMAL:
             raise ValueError(f"vocabulary must start with {NORMAL!r}, got {list(vocabulary)[:3]}")
         self.records = list(records)
@@ -60,13 +68,32 @@ class DefectDataset(Dataset):
         self.transform = transform
         self.drop_masks = drop_masks
         self.template_captions = template_captions
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        s = load_sample(rec)
+        try:
+            s = load_sample(rec)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            return self._failed_item(index, str(e))
+        item = self._item(rec, s)
+        item["index"] = index
+        return item
+
+    def _failed_item(self, index: int, reason: str) -> dict[str, Any]:
+        """A placeholder of the right size (the transform applied to a blank image) marked with ``reason``."""
+        rec = self.records[index]
+        blank = Sample(np.zeros((32, 32, 3), np.uint8), None, False, NORMAL, rec.object_name, None, str(rec.image_path))
+        item = self._item(rec, blank)
+        item.update(label=-1, has_mask=False, defect_type_id=-1, index=index, error=reason)
+        return item
+
+    def _item(self, rec: SampleRecord, s: Sample) -> dict[str, Any]:
         h, w = s.image.shape[:2]
         has_mask = s.mask is not None or not s.is_anomalous
         mask = s.mask if s.mask is not None else np.zeros((h, w), np.uint8)
@@ -105,7 +132,7 @@ class DefectDataset(Dataset):
             "object_name": s.object_name,
             "caption": caption,
             "path": s.path,
-            "index": index,
+            "error": None,
         }
 
 
@@ -123,4 +150,5 @@ def collate_samples(items: list[dict[str, Any]]) -> DefectBatch:
         object_name=[it["object_name"] for it in items],
         caption=[it["caption"] for it in items],
         path=[it["path"] for it in items],
+        error=[it.get("error") for it in items] if any(it.get("error") for it in items) else None,
     )

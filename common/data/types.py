@@ -17,6 +17,11 @@ import torch
 NORMAL = "good"
 """Defect-type name of a defect-free sample (MVTec AD's folder name for it)."""
 
+MASK_KINDS = ("binary", "class_id", "boxes")
+"""How a record's mask is stored (see :attr:`SampleRecord.mask_kind`)."""
+MASK_QUALITIES = ("pixel", "box")
+"""How exact a mask is: ``"pixel"`` (drawn around the defect) or ``"box"`` (filled bounding boxes, coarse)."""
+
 
 @dataclass(frozen=True)
 class SampleRecord:
@@ -28,13 +33,21 @@ class SampleRecord:
         defect_type: Defect-type name, :data:`NORMAL` for a defect-free sample.
         is_anomalous: Whether the sample shows a defect. ``None`` when unknown (unlabelled data).
         mask_path: Pixel mask file, or ``None`` when the sample has no mask (normal samples, or weak labels).
-        mask_kind: How to read ``mask_path``: ``"binary"`` (> ``mask_threshold`` is defect) or ``"class_id"``
-            (pixel values are class ids into ``class_names``, 0 = background).
+        mask_kind: How to read the mask: ``"binary"`` (``mask_path`` pixels > ``mask_threshold`` are defect),
+            ``"class_id"`` (``mask_path`` pixel values are class ids, see ``class_ids``) or ``"boxes"`` (``boxes``,
+            filled; ``mask_path`` is the annotation file they came from, for reference).
         mask_threshold: Threshold for binary masks stored with JPEG-like noise.
-        class_names: For ``"class_id"`` masks, the names of ids 1..K.
+        class_names: For ``"class_id"`` and ``"boxes"`` masks, the names of classes 1..K.
         caption: Free-text description, when the dataset has one.
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` when the dataset defines no split.
         extra: Anything else a reader knows (VisA's original label, manifest labels...).
+        class_ids: For ``"class_id"`` masks, the pixel value of each of ``class_names`` when they are not simply
+            1..K (e.g. ``(1, 3)``: value 3 is the second class); ``()`` means 1..K.
+        ignore_ids: For ``"class_id"`` masks, pixel values that are background, not a defect (e.g. structure
+            such as a solar cell's busbars).
+        boxes: For ``"boxes"`` masks, ``(x1, y1, x2, y2, k)`` per box in pixels (``x1 <= x < x2``,
+            ``y1 <= y < y2``), ``k`` in 1..K naming ``class_names[k - 1]``.
+        mask_quality: ``"pixel"`` or ``"box"`` (coarse: filled bounding boxes), see :data:`MASK_QUALITIES`.
     """
 
     image_path: Path
@@ -48,6 +61,10 @@ class SampleRecord:
     caption: str | None = None
     split: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    class_ids: tuple[int, ...] = ()
+    ignore_ids: tuple[int, ...] = ()
+    boxes: tuple[tuple[int, int, int, int, int], ...] = ()
+    mask_quality: str = "pixel"
 
 
 @dataclass
@@ -67,6 +84,7 @@ class Sample:
         object_name: Object/product name.
         caption: Text description or ``None``.
         path: The image file, as a string.
+        mask_quality: ``"pixel"``, or ``"box"`` when ``mask`` is filled bounding boxes (coarse).
     """
 
     image: np.ndarray
@@ -77,6 +95,7 @@ class Sample:
     caption: str | None
     path: str
     class_mask: np.ndarray | None = None
+    mask_quality: str = "pixel"
 
 
 @dataclass
@@ -95,6 +114,9 @@ class DefectBatch:
         object_name: Object names, length B.
         caption: Captions (``None`` where absent), length B.
         path: Image paths, length B.
+        error: Per image ``None``, or why the file could not be read (a one-line :class:`DataError` message).
+            Only predict datasets mark unreadable files this way (their pixels are zeros); training, validation
+            and test stop at the first bad file. ``None`` for the whole field: no image failed.
     """
 
     image: torch.Tensor
@@ -108,9 +130,29 @@ class DefectBatch:
     object_name: list[str]
     caption: list[str | None]
     path: list[str]
+    error: list[str | None] | None = None
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    @property
+    def failed(self) -> list[int]:
+        """Indices of the images that could not be read (see :attr:`error`)."""
+        return [i for i, e in enumerate(self.error or []) if e is not None]
+
+    def select(self, indices: list[int]) -> DefectBatch:
+        """The sub-batch of ``indices`` (every field, tensors and lists, in that order)."""
+        index = torch.tensor(indices, dtype=torch.long)
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                values[f.name] = v[index.to(v.device)]
+            elif isinstance(v, list):
+                values[f.name] = [v[i] for i in indices]
+            else:
+                values[f.name] = v
+        return DefectBatch(**values)
 
     def to(self, device: torch.device | str, **kwargs: Any) -> DefectBatch:
         """Moves every tensor field to ``device`` (Lightning calls this through ``transfer_batch_to_device``)."""

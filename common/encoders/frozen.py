@@ -16,14 +16,21 @@ encoder, the diffusion U-Net used as a feature extractor) lives inside a :class:
 The parameters stay registered (``named_parameters()`` lists them with ``requires_grad=False``), so
 ``.to(device)``, ``.half()``, model summaries and DDP behave as usual; optimizers should be built from
 ``p for p in module.parameters() if p.requires_grad``.
+
+Lightning warns at the start of every fit that the modules inside (hundreds) are in eval mode. That is the
+design, so an owner calls :func:`expect_frozen_eval_modules` in ``on_fit_start``: it silences that one warning
+for exactly the number of frozen modules, so any *other* module left in eval mode still gets warned about.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 _INNER = "module."
@@ -109,3 +116,24 @@ class FrozenEncoder(nn.Module):
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
         return f"frozen, {n:,} parameters"
+
+
+def frozen_module_count(module: nn.Module) -> int:
+    """Number of modules of ``module`` inside a :class:`FrozenEncoder` (the wrappers included)."""
+    inside: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, FrozenEncoder):
+            inside.update(id(x) for x in m.modules())
+    return len(inside)
+
+
+def expect_frozen_eval_modules(module: nn.Module) -> None:
+    """Silences Lightning's "Found N module(s) in eval mode at the start of training" warning when N is exactly
+    the number of frozen modules of ``module`` (they are in eval mode by design). Call it in ``on_fit_start``;
+    with any other module in eval mode N differs and the warning is still shown."""
+    n = frozen_module_count(module)
+    if n:
+        warnings.filterwarnings(
+            "ignore", message=re.escape(f"Found {n} module(s) in eval mode at the start of training."),
+            category=PossibleUserWarning,
+        )

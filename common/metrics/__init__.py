@@ -12,13 +12,17 @@ per stage, never ``train_acc``/``val_acc`` triplets::
 Image metrics update with ``(scores, labels)``, pixel metrics with ``(anomaly_maps, masks)``; a collection
 passes each metric only the keyword arguments its ``update`` names. All pixel metrics share one state, so the
 collection stores the pixel scores once.
+
+A metric that is undefined on the data (pixel metrics without any defect pixel, e.g. data without masks; image
+AUROC without normal or without defective images; mIoU or accuracy without samples) is ``NaN``
+(:data:`UNDEFINED`), never 0.5 or 0.0 as if measured; printed tables show it as ``-`` (:func:`format_metric`).
 """
 
 from __future__ import annotations
 
 from torchmetrics import MetricCollection
 
-from common.metrics._base import BinaryScoreMetric, Mode, component_weights
+from common.metrics._base import UNDEFINED, BinaryScoreMetric, Mode, component_weights, format_metric
 from common.metrics.anomaly import ImageAP, ImageAUROC, ImageF1Max, PixelAP, PixelAUROC, PixelF1Max
 from common.metrics.aupro import AUPRO, binned_aupro, exact_aupro
 from common.metrics.classification import DefectTypeAccuracy, DefectTypeConfusionMatrix, DefectTypeMacroF1
@@ -43,12 +47,14 @@ __all__ = [
     "PixelAP",
     "PixelAUROC",
     "PixelF1Max",
+    "UNDEFINED",
     "anomaly_metrics",
     "binned_aupro",
     "boxes_from_masks",
     "component_weights",
     "defect_type_metrics",
     "exact_aupro",
+    "format_metric",
     "instances_from_mask",
     "segmentation_metrics",
 ]

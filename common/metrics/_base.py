@@ -35,6 +35,18 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 Mode = Literal["exact", "binned"]
 
+UNDEFINED = float("nan")
+"""What every metric of :mod:`common.metrics` returns when it is undefined on the data (e.g. an AUROC without
+normal samples): NaN, never a number that looks measured."""
+
+
+def format_metric(value: Any, digits: int = 4) -> str:
+    """A metric value for a printed table: ``-`` when undefined (NaN or ``None``), else ``digits`` decimals."""
+    if value is None:
+        return "-"
+    v = float(value)
+    return "-" if v != v else f"{v:.{digits}f}"
+
 # Only the middle plane of a 3x3x3 structure is set: 8-connectivity inside each map, none across maps, so one
 # ``ndimage.label`` call labels a whole batch (N, H, W) with components unique over the batch.
 _STRUCTURE_8 = np.zeros((3, 3, 3), dtype=bool)

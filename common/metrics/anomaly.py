@@ -4,11 +4,16 @@ Image metrics take one score and one 0/1 label per image; pixel metrics take ano
 masks. All of them derive from :class:`~common.metrics._base.BinaryScoreMetric` and share its state, so a
 ``MetricCollection`` keeps one copy of the scores for all pixel metrics (and one for all image metrics).
 
-Degenerate inputs give defined values, never NaN or an exception (a ``UserWarning`` says why):
+A metric that is undefined on the data is reported as undefined: ``NaN`` (a ``UserWarning`` says why), never
+a number that looks measured, such as 0.5 for an AUROC without normal images:
 
-* AUROC with only one class present (or no data): 0.5, the value of an uninformative ranking.
-* AP and F1-max with no positive: 0.0. With no negative they are naturally 1.0.
-* Constant predictions need no special case: AUROC 0.5, AP = positive rate, F1-max = 2p / (1 + p).
+* AUROC with only one class present (or no data): NaN (e.g. pixel AUROC on data without masks, whose normal
+  images give only normal pixels; image AUROC without normal or without defective images).
+* AP and F1-max with no positive: NaN. With no negative they are naturally 1.0.
+* Constant predictions are defined and need no special case: AUROC 0.5, AP = positive rate, F1-max = 2p / (1 + p).
+
+NaN travels as such into Lightning's logs and into JSON (``NaN``); printed tables show ``-``
+(:func:`format_metric`). A ``ModelCheckpoint`` monitoring an undefined metric treats it as the worst value.
 
 Mismatched shapes raise ``ValueError`` naming both shapes; non-binary targets and NaN scores raise too.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from common.metrics._base import BinaryScoreMetric, check_binary, check_same_shape, check_scores
+from common.metrics._base import UNDEFINED, BinaryScoreMetric, check_binary, check_same_shape, check_scores
 from common.metrics.curves import (
     auroc_sorted,
     average_precision_sorted,
@@ -66,7 +71,6 @@ class _CurveMixin:
     """``compute`` for AUROC / AP / F1-max: degenerate checks, then the exact or binned formula."""
 
     _name = "AUROC"
-    _undefined_value = 0.5  # AUROC without one of the classes
     _needs_both_classes = True
 
     @staticmethod
@@ -78,18 +82,15 @@ class _CurveMixin:
         return binned_auroc(hist_neg, hist_pos)
 
     def compute(self) -> Tensor:
-        """Returns the metric as a scalar float32 tensor in [0, 1] (see the module docstring when undefined)."""
+        """Returns the metric as a scalar float32 tensor in [0, 1], NaN when undefined (module docstring)."""
         if self.mode == "exact":
             scores, pos, owned = self._exact_state()
             n_pos, n_neg = pos.numel(), scores.numel() - pos.numel()
         else:
             n_neg, n_pos = int(self.hist_normal.sum()), int(self.hist_anomalous.sum())
         if n_pos == 0 or (self._needs_both_classes and n_neg == 0):
-            self._warn(
-                f"{self._name} undefined with {n_neg} normal and {n_pos} anomalous samples; "
-                f"returning {self._undefined_value}."
-            )
-            return self._result(self._undefined_value)
+            self._warn(f"{self._name} undefined with {n_neg} normal and {n_pos} anomalous samples; returning nan.")
+            return self._result(UNDEFINED)
         if self.mode == "exact":
             return self._result(self._exact_fn(sort_ascending(scores, inplace=owned), sort_ascending(pos)))
         return self._result(self._binned_fn(self.hist_normal, self.hist_anomalous))
@@ -97,7 +98,6 @@ class _CurveMixin:
 
 class _APMixin(_CurveMixin):
     _name = "AP"
-    _undefined_value = 0.0
     _needs_both_classes = False  # without negatives AP is 1.0
 
     @staticmethod

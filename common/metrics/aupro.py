@@ -24,7 +24,7 @@ is one values-only sort of all pixel scores plus work on the (few) anomalous pix
 reference curve's area up to float64 rounding (benchmarks/metrics.py: ~18x faster than anomalib 2.7 on an
 MVTec-size set). Binned mode accumulates per-component normalised histograms (memory O(num_bins)).
 
-Degenerate inputs: no anomalous pixel (no component) or no normal pixel -> 0.0 with a ``UserWarning``.
+Degenerate inputs: no anomalous pixel (no component) or no normal pixel -> undefined, NaN with a ``UserWarning``.
 Constant predictions give the diagonal up to ``L``: 0.5 * L (0.15 for L = 0.3).
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.metrics._base import Mode
+from common.metrics._base import UNDEFINED, Mode
 from common.metrics.anomaly import _PixelMetric
 from common.metrics.curves import argsort_ascending, clipped_trapezoid, count_ge, count_gt, sort_ascending
 
@@ -172,7 +172,7 @@ class AUPRO(_PixelMetric):
         self.fpr_limit = float(fpr_limit)
 
     def compute(self) -> Tensor:
-        """Returns AUPRO as a scalar float32 tensor in [0, 1] (0.0 when undefined)."""
+        """Returns AUPRO as a scalar float32 tensor in [0, 1] (NaN when undefined)."""
         k = int(self.num_components)
         if self.mode == "exact":
             scores, anomalous, owned = self._exact_state()
@@ -181,9 +181,9 @@ class AUPRO(_PixelMetric):
             n_normal = int(self.hist_normal.sum())
         if k == 0 or n_normal == 0:
             self._warn(
-                f"AUPRO undefined with {k} ground-truth components and {n_normal} normal pixels; returning 0.0."
+                f"AUPRO undefined with {k} ground-truth components and {n_normal} normal pixels; returning nan."
             )
-            return self._result(0.0)
+            return self._result(UNDEFINED)
         if self.mode == "exact":
             order = argsort_ascending(anomalous).to(anomalous.device)
             all_s = sort_ascending(scores, inplace=owned)

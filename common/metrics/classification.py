@@ -5,7 +5,7 @@ The three are views of one ``(C, C)`` confusion-matrix state (rows = target, col
 ``bincount`` rather than torchmetrics' three classes so that "classes absent from the data" has one defined
 meaning for all of them: macro-F1 averages over the classes present in the targets *or* the predictions (a
 class never seen and never predicted has an undefined F1 and is left out, not counted as 0). With no sample at
-all, accuracy and macro-F1 are 0.0 with a ``UserWarning``.
+all, accuracy and macro-F1 are undefined: NaN with a ``UserWarning``.
 
 The same base serves the segmentation metrics (:mod:`common.metrics.segmentation`) on pixels.
 """
@@ -97,15 +97,15 @@ class ConfusionMatrixBase(Metric):
 
 
 class DefectTypeAccuracy(ConfusionMatrixBase):
-    """Overall (micro) accuracy: correct / all. ``compute`` -> scalar float32; 0.0 without samples."""
+    """Overall (micro) accuracy: correct / all. ``compute`` -> scalar float32; NaN without samples."""
 
     higher_is_better = True
 
     def compute(self) -> Tensor:
         total = self.confmat.sum()
         if total == 0:
-            self._warn("no samples; returning 0.0.")
-            return torch.tensor(0.0, device=self.device)
+            self._warn("no samples; returning nan.")
+            return torch.tensor(float("nan"), device=self.device)
         return (self.confmat.diagonal().sum().double() / total).float()
 
 
@@ -118,8 +118,8 @@ class DefectTypeMacroF1(ConfusionMatrixBase):
         tp, fp, fn = self._per_class()
         present = (tp + fp + fn) > 0
         if not present.any():
-            self._warn("no samples; returning 0.0.")
-            return torch.tensor(0.0, device=self.device)
+            self._warn("no samples; returning nan.")
+            return torch.tensor(float("nan"), device=self.device)
         f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
         return f1.mean().float()
 

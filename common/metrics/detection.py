@@ -4,8 +4,8 @@
 RLE-encodes masks with ``pycocotools.mask`` and runs ``COCOeval``), reduced to the four figures we report.
 Reused rather than rewritten: it already handles the COCO conversion, RLE and DDP syncing.
 
-Degenerate input: COCO reports -1 when there is no ground-truth instance; we return 0.0 with a
-``UserWarning`` instead, so that logged curves stay in [0, 1].
+Degenerate input: COCO reports -1 when there is no ground-truth instance; we return NaN (undefined, as every
+metric of :mod:`common.metrics`) with a ``UserWarning``.
 
 Boxes use the COCO pixel convention: a mask covering columns ``x0..x1`` (inclusive) has the box
 ``[x0, y0, x1 + 1, y1 + 1]`` in ``xyxy``, i.e. the same box ``pycocotools.mask.toBbox`` gives, so box and mask
@@ -108,7 +108,7 @@ class DetectionMAP(MeanAveragePrecision):
     :func:`boxes_from_masks`.
 
     ``compute`` -> ``{"bbox_map": , "bbox_map_50": , "segm_map": , "segm_map_50": }`` (float32 scalars, only
-    for the requested IoU types), 0.0 instead of COCO's -1 when there is no ground truth.
+    for the requested IoU types), NaN instead of COCO's -1 when there is no ground truth.
 
     Args:
         iou_type: ``"bbox"``, ``"segm"`` or both.
@@ -154,7 +154,7 @@ class DetectionMAP(MeanAveragePrecision):
                 key = name if single else f"{t}_{name}"
                 value = float(res[key])
                 if value < 0:
-                    rank_zero_warn(f"DetectionMAP: {t} {name} undefined (no ground truth); returning 0.0.")
-                    value = 0.0
+                    rank_zero_warn(f"DetectionMAP: {t} {name} undefined (no ground truth); returning nan.")
+                    value = float("nan")
                 out[f"{t}_{name}"] = torch.tensor(value, dtype=torch.float32)
         return out

@@ -3,7 +3,8 @@
 ``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` accumulated over the whole data set (not averaged per image).
 mIoU averages over the classes present in the ground truth *or* the predictions; a class absent from both has
 an undefined IoU and is left out of the mean (rather than counted as 0 or 1, which would move mIoU with the
-number of unused classes). In the per-class vector such classes get ``absent_value`` (default 0.0), never NaN.
+number of unused classes). In the per-class vector such classes get ``absent_value`` (default NaN: undefined).
+With no class present at all, mIoU is NaN.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class PerClassIoU(_IoUBase):
     Args:
         num_classes: number of classes ``C`` (including background if it is a class).
         ignore_index: target value whose pixels are skipped (e.g. 255), or ``None``.
-        absent_value: value reported for classes absent from both targets and predictions.
+        absent_value: value reported for classes absent from both targets and predictions (NaN: undefined).
     """
 
     def __init__(
-        self, num_classes: int, ignore_index: int | None = None, absent_value: float = 0.0, **kwargs: Any
+        self, num_classes: int, ignore_index: int | None = None, absent_value: float = float("nan"), **kwargs: Any
     ) -> None:
         super().__init__(num_classes, ignore_index=ignore_index, **kwargs)
         self.absent_value = float(absent_value)
@@ -54,7 +55,7 @@ class PerClassIoU(_IoUBase):
 
 
 class MeanIoU(_IoUBase):
-    """Mean IoU over classes present in targets or predictions; 0.0 (with a warning) if none.
+    """Mean IoU over classes present in targets or predictions; NaN (with a warning) if none.
 
     Args:
         num_classes: number of classes ``C``.
@@ -83,6 +84,6 @@ class MeanIoU(_IoUBase):
         elif not self.include_background:
             iou, present = iou[1:], present[1:]
         if not present.any():
-            self._warn("no class present in targets or predictions; returning 0.0.")
-            return torch.tensor(0.0, device=self.device)
+            self._warn("no class present in targets or predictions; returning nan.")
+            return torch.tensor(float("nan"), device=self.device)
         return iou[present].mean().float()

@@ -1,6 +1,9 @@
 """Image-text manifests from labelled defect datasets, with the templated captions of
 :mod:`common.data.captions` (stage 1's training pairs when a dataset has no text).
 
+This module writes the manifest of one dataset. For many datasets at once, with unified defect names and
+splits, use ``defectfm corpus`` (:mod:`common.data.corpus`), which writes the same lines.
+
 Command line (also ``defectfm captions``)::
 
     python -m diffdefect.stage1.captions --reader mvtec --root data/demo --out data/demo_pairs.jsonl
@@ -14,11 +17,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from common.data.captions import caption_for
-from common.data.io import read_mask_array
+from common.data.corpus import manifest_entry
 from common.data.readers import (
+    BoxReader,
     ClassIdSegReader,
     FolderReader,
     KSDD2Reader,
@@ -28,7 +29,7 @@ from common.data.readers import (
     Reader,
     VisAReader,
 )
-from common.data.types import NORMAL, SampleRecord
+from common.data.types import SampleRecord
 
 READERS: dict[str, type[Reader]] = {
     "mvtec": MVTecReader,
@@ -36,51 +37,19 @@ READERS: dict[str, type[Reader]] = {
     "magnetic_tile": MagneticTileReader,
     "neu_seg": ClassIdSegReader,
     "class_id": ClassIdSegReader,
+    "boxes": BoxReader,
     "ksdd2": KSDD2Reader,
     "folder": FolderReader,
     "manifest": ManifestReader,
 }
 
 
-def _binary_mask(record: SampleRecord) -> np.ndarray | None:
-    if record.mask_path is None:
-        return None
-    raw = read_mask_array(record.mask_path)
-    if record.mask_kind == "class_id":
-        return (raw > 0).astype(np.uint8)
-    return (raw > record.mask_threshold).astype(np.uint8)
-
-
 def manifest_entries(records: Sequence[SampleRecord], base: Path | None = None) -> list[dict]:
-    """Manifest lines (dicts) for ``records``; paths relative to ``base`` when given."""
+    """Manifest lines (dicts) for ``records``; paths relative to ``base`` when given (absolute otherwise).
 
-    def rel(p: Path) -> str:
-        if base is None:
-            return str(Path(p).resolve())
-        return os.path.relpath(Path(p).resolve(), base.resolve())
-
-    entries = []
-    for rec in records:
-        mask = _binary_mask(rec)
-        cap = caption_for(rec, mask)
-        entry = {
-            "image": rel(rec.image_path),
-            "caption": cap.text,
-            "object": rec.object_name,
-            "defect_type": rec.defect_type,
-            "label": 1 if (rec.is_anomalous and rec.defect_type != NORMAL) else 0,
-            "nouns": list(cap.nouns),
-        }
-        if rec.mask_path is not None:
-            entry["mask"] = rel(rec.mask_path)
-            if rec.mask_kind == "binary":
-                entry["mask_threshold"] = rec.mask_threshold
-        if rec.split is not None:
-            entry["split"] = rec.split
-        if cap.location is not None:
-            entry["location"] = cap.location
-        entries.append(entry)
-    return entries
+    One line per record, as :func:`common.data.corpus.manifest_entry` writes it (the corpus uses the same lines).
+    """
+    return [manifest_entry(rec, base) for rec in records]
 
 
 def build_manifest(reader: Reader, out: str | os.PathLike, relative: bool = True) -> Path:

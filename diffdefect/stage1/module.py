@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from common.data.image_text import ImageTextBatch
+from common.encoders.frozen import expect_frozen_eval_modules
 from common.hparams import save_config_hyperparameters
 from diffdefect.stage1.ema import EMA
 from diffdefect.stage1.loss import Stage1Loss
@@ -94,6 +95,7 @@ class Stage1Module(L.LightningModule):
             self._compiled = True
 
     def on_fit_start(self) -> None:
+        expect_frozen_eval_modules(self)  # the frozen VAE/text encoder are in eval mode by design: no warning
         if self.ema_decay is not None and self.ema is None:
             self.ema = EMA(self.model, self.ema_decay)
         if self.ema is not None:

@@ -53,6 +53,46 @@ def encoders_from_config(cfg: dict[str, Any]) -> tuple[FrozenVAE | None, TextEnc
     )
 
 
+def latent_sample(
+    key: str,
+    moments: torch.Tensor | np.ndarray,
+    text: torch.Tensor | np.ndarray,
+    image_embedding: torch.Tensor | np.ndarray,
+    caption: str | None,
+    meta: dict[str, Any],
+    tokens: torch.Tensor | np.ndarray | None = None,
+    token_mask: torch.Tensor | np.ndarray | None = None,
+    dtype: str = "float16",
+) -> dict[str, Any]:
+    """One latent-shard sample (the fields of the module docstring), ready for :class:`ShardWriter`.
+
+    Args:
+        key: Sample key (no dots).
+        moments: ``(2C, h, w)`` VAE posterior moments.
+        text: ``(D,)`` text embedding.
+        image_embedding: ``(D_v,)`` image embedding.
+        caption: The caption (``None``: no ``txt`` field).
+        meta: The ``json`` field (object, defect type, has_text, source).
+        tokens: ``(L, D)`` token states (``sequence`` context) or ``None``.
+        token_mask: ``(L,)`` bool, with ``tokens``.
+        dtype: Storage dtype of the arrays (``"float16"`` or ``"float32"``).
+    """
+
+    def arr(t: torch.Tensor | np.ndarray) -> np.ndarray:
+        return t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+    np_dtype = DTYPES[dtype]
+    sample: dict[str, Any] = {"__key__": key, "latent.npy": arr(moments).astype(np_dtype),
+                              "text.npy": arr(text).astype(np_dtype), "imgemb.npy": arr(image_embedding).astype(np_dtype),
+                              "json": meta}
+    if caption is not None:
+        sample["txt"] = caption
+    if tokens is not None:
+        sample["tokens.npy"] = arr(tokens).astype(np_dtype)
+        sample["tokmask.npy"] = arr(token_mask).astype(np.bool_)
+    return sample
+
+
 def precompute(
     source: str,
     out: str | Path,
@@ -72,7 +112,6 @@ def precompute(
     Returns:
         The ``index.json`` path.
     """
-    np_dtype = DTYPES[dtype]
     for m in (vae, text_encoder, image_encoder):
         m.to(device)
     if ImageTextDataModule.is_manifest(source):
@@ -86,23 +125,16 @@ def precompute(
             batch = batch.to(device)
             x = encode_batch(batch, vae, text_encoder, image_encoder, tokens)
             for i in range(len(batch)):
-                sample: dict[str, Any] = {
-                    "__key__": f"{index:09d}",
-                    "latent.npy": x.latent_moments[i].cpu().numpy().astype(np_dtype),
-                    "text.npy": x.text[i].cpu().numpy().astype(np_dtype),
-                    "imgemb.npy": x.image_embedding[i].cpu().numpy().astype(np_dtype),
-                    "json": {
-                        "object": batch.object_name[i] if batch.object_name else "",
-                        "defect_type": batch.defect_type[i] if batch.defect_type else "",
-                        "has_text": bool(batch.has_text[i]),
-                        "source": batch.key[i],
-                    },
+                meta = {
+                    "object": batch.object_name[i] if batch.object_name else "",
+                    "defect_type": batch.defect_type[i] if batch.defect_type else "",
+                    "has_text": bool(batch.has_text[i]),
+                    "source": batch.key[i],
                 }
-                if batch.caption[i] is not None:
-                    sample["txt"] = batch.caption[i]
-                if tokens and x.text_tokens is not None:
-                    sample["tokens.npy"] = x.text_tokens[i].cpu().numpy().astype(np_dtype)
-                    sample["tokmask.npy"] = x.text_mask[i].cpu().numpy().astype(np.bool_)
+                tok = x.text_tokens[i] if tokens and x.text_tokens is not None else None
+                tmask = x.text_mask[i] if tok is not None else None
+                sample = latent_sample(f"{index:09d}", x.latent_moments[i], x.text[i], x.image_embedding[i],
+                                       batch.caption[i], meta, tok, tmask, dtype)
                 writer.write(sample)
                 index += 1
     return Path(out) / "index.json"

@@ -6,14 +6,12 @@ SetCriterion`; both are constructor arguments (``class_path`` in YAML), as are t
 :mod:`~diffdefect.stage2.vocabulary`, the targets of each supervision mode in
 :func:`~diffdefect.stage2.targets.build_targets`, the metrics in :mod:`~diffdefect.stage2.metrics`.
 
-Open vocabulary: ``train_classes`` (base) and ``test_classes`` (base + novel, named in words only) can be set on
-the command line with any checkpoint (``--model.init_args.test_classes "[crack,fray]"``): these evaluation
-switches (:data:`EVAL_SWITCHES`) are left out of the checkpoint's hyperparameters, which LightningCLI would
-otherwise apply over the command line. ``data_vocabulary`` (the DataModule's names, which its batch ids index) is
-linked from the DataModule by the CLI (:class:`common.cli.DefectCLI`); pass it when building the module in Python.
-
-Text embeddings of every name a step may need (the vocabularies and the caption lexicon) are computed once per
-``setup()`` into a non-persistent buffer.
+Open vocabulary: ``train_classes`` (base) and ``test_classes`` (base + novel, in words only) can be set on the
+command line with any checkpoint (``--model.init_args.test_classes "[crack,fray]"``): these evaluation switches
+(:data:`EVAL_SWITCHES`) stay out of the checkpoint's hyperparameters, which LightningCLI would apply over the
+command line. Class names: ``vocabulary`` (command line) > the checkpoint's (test / predict) > the DataModule's
+(``data_vocabulary``, which its batch ids index: linked by :class:`common.cli.DefectCLI`, passed in Python). The
+text embeddings of every name a step may need are computed once per ``setup()`` into a non-persistent buffer.
 """
 
 from __future__ import annotations
@@ -27,14 +25,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from common.data.types import DefectBatch
 from common.data.vocabulary import remap_ids
+from common.encoders.frozen import expect_frozen_eval_modules
 from common.hparams import save_config_hyperparameters
-from common.prediction import ImagePrediction
+from common.prediction import ImagePrediction, predict_readable
 from diffdefect.stage2.criterion import SetCriterion
 from diffdefect.stage2.metrics import Stage2Metrics
 from diffdefect.stage2.model import Stage2Model
 from diffdefect.stage2.postprocess import explain, semantic_scores
 from diffdefect.stage2.targets import SUPERVISION, Stage2Targets, build_targets
-from diffdefect.stage2.vocabulary import Stage2Vocabulary
+from diffdefect.stage2.vocabulary import Stage2Vocabulary, checkpoint_names
 
 EVAL_SWITCHES = ("vocabulary", "test_classes", "metrics_mode", "detection_metrics", "top_k", "pixel_threshold")
 """Constructor arguments read from the current config at test / predict time, never from a checkpoint."""
@@ -53,7 +52,7 @@ class Stage2Module(L.LightningModule):
         criterion: The loss (default :class:`~diffdefect.stage2.criterion.SetCriterion`, the paper's weights).
         optimizer: Optimizer factory over the trainable parameters (head + classifier).
         scheduler: LR scheduler factory (stepped per epoch), or ``None``.
-        vocabulary: All class names (background first), overriding ``data_vocabulary``.
+        vocabulary: All class names (background first), overriding the checkpoint's and ``data_vocabulary``.
         data_vocabulary: The DataModule's class names (linked by the CLI), which the batches' ids index.
         train_classes: Base classes trained on (``None``: all but the background).
         test_classes: Classes named at test / predict time (``None``: all but the background).
@@ -85,6 +84,7 @@ class Stage2Module(L.LightningModule):
         self.supervision, self.targets, self.novel = supervision, targets, novel
         self.metrics_mode, self.detection_metrics, self.top_k = metrics_mode, detection_metrics, top_k
         self.pixel_threshold = pixel_threshold
+        self._checkpoint_names: list[str] | None = None
         self._configure()
 
     # ------------------------------------------------------------------ vocabularies
@@ -100,7 +100,7 @@ class Stage2Module(L.LightningModule):
     def _configure(self) -> None:
         """Vocabularies, the text embeddings of every name they use (once), and the per-stage metrics."""
         self.vocab = Stage2Vocabulary.build(self.data_vocabulary, self.vocabulary, self.train_classes,
-                                            self.test_classes)
+                                            self.test_classes, self._checkpoint_names)
         self._row = {w: i for i, w in enumerate(self.vocab.words)}
         device = self.model.classifier.void_embedding.device
         self.register_buffer("word_text", self.model.classifier.encode_names(self.vocab.words).to(device),
@@ -115,7 +115,16 @@ class Stage2Module(L.LightningModule):
         return self.word_text[[self._row[n] for n in names]]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["stage2_vocabulary"] = dict(self.names)  # informative: embeddings are recomputed from names
+        self.vocab.save(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's class names (below ``vocabulary``, above the data's) unless resuming a fit."""
+        if not (self._trainer is not None and self.trainer.state.fn == "fit"):
+            self._checkpoint_names = checkpoint_names(checkpoint)
+            self._configure()
+
+    def on_fit_start(self) -> None:
+        expect_frozen_eval_modules(self)  # the frozen extractor and text encoder are in eval mode by design
 
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor, stage: str = "test") -> Any:
@@ -160,6 +169,8 @@ class Stage2Module(L.LightningModule):
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
         """One :class:`~common.prediction.ImagePrediction` per image (overlay labelled with the class names,
         anomaly map, JSON record with the classes, their regions and RLE masks)."""
+        if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
+            return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
         out = self(batch.image, "predict")
         scores = semantic_scores(out.class_logits, out.pred_masks, tuple(batch.image.shape[-2:]))  # (B, K, H, W)
         return [explain(img, s, self.names["predict"], p, threshold=self.pixel_threshold)

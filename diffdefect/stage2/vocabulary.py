@@ -2,7 +2,8 @@
 
 Names (the background / defect-free class always first, index 0):
 
-* all names: ``vocabulary`` if given, else the DataModule's (``data_vocabulary``, whose first entry is ``"good"``);
+* all names: ``vocabulary`` if given (config or command line), else the checkpoint's at test / predict time
+  (:func:`checkpoint_names`), else the DataModule's (``data_vocabulary``, whose first entry is ``"good"``);
 * training (and validation): the background and ``train_classes`` (default: every other name), so checkpoint
   selection never sees a novel name;
 * test / predict: the background and ``test_classes`` (default: every other name), given in words only.
@@ -15,11 +16,14 @@ once per setup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from common.checkpoint import KEY
+from common.checkpoint import vocabulary as recorded_vocabulary
 from common.data.types import NORMAL
 from common.data.vocabulary import id_mapping
 from diffdefect.stage2.classifier import default_lexicon
@@ -45,17 +49,18 @@ class Stage2Vocabulary:
 
     @classmethod
     def build(cls, data_names: Sequence[str] | None, vocabulary: Sequence[str] | None = None,
-              train_classes: Sequence[str] | None = None, test_classes: Sequence[str] | None = None
-              ) -> Stage2Vocabulary:
+              train_classes: Sequence[str] | None = None, test_classes: Sequence[str] | None = None,
+              checkpoint_names: Sequence[str] | None = None) -> Stage2Vocabulary:
         """The vocabularies of a run (module docstring).
 
         Args:
             data_names: The DataModule's names (ids of its batches index them), or ``None`` (ids are the model's).
-            vocabulary: All names, overriding the data's.
+            vocabulary: All names, overriding the checkpoint's and the data's.
             train_classes: Base classes (default: all but the background).
             test_classes: Classes named at test / predict time (default: all but the background).
+            checkpoint_names: The names a loaded checkpoint recorded, overriding the data's.
         """
-        names = list(vocabulary or data_names or [NORMAL])
+        names = list(vocabulary or checkpoint_names or data_names or [NORMAL])
         background = NORMAL if NORMAL in names else names[0]
         rest = [n for n in names if n != background]
         train = [background] + [n for n in (train_classes or rest) if n != background]
@@ -66,3 +71,16 @@ class Stage2Vocabulary:
         lexicon = default_lexicon(names)  # caption nouns: the inspection terms and the data's class names
         words = sorted({*train, *test, *lexicon.values()})
         return cls(per_stage, maps, lexicon, words)
+
+    def save(self, checkpoint: dict[str, Any]) -> None:
+        """Records the names in ``checkpoint`` (every name, background first, as ``defect_types`` in
+        ``checkpoint["defectfm"]["vocabulary"]``; per stage under ``stage2_vocabulary``, informative). The text
+        embeddings are recomputed from the names, so a checkpoint holds no embeddings."""
+        checkpoint["stage2_vocabulary"] = dict(self.names)
+        every = list(dict.fromkeys([*self.names["train"], *self.names["test"]]))
+        checkpoint.setdefault(KEY, {})["vocabulary"] = {"defect_types": every}
+
+
+def checkpoint_names(checkpoint: Mapping[str, Any]) -> list[str] | None:
+    """The class names :meth:`Stage2Vocabulary.save` recorded in ``checkpoint`` (``None`` when it has none)."""
+    return recorded_vocabulary(checkpoint).get("defect_types")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 from clipmdc.memory import NormalMemory, greedy_coreset, image_ids
 from clipmdc.module import CLIPMDCModule
 from clipmdc.presets import tiny
+from common.data import DataError
 from tests.clipmdc.helpers import make_batch
 from tests.clipmdc.test_module import BatchData, _trainer
 
@@ -139,3 +141,50 @@ def test_bank_comes_from_the_reference_loader_when_the_datamodule_has_one(tmp_pa
     expected = expected.flatten(2).transpose(1, 2).reshape(-1, expected.shape[1])
     assert memory.bank.shape == expected.shape
     assert torch.cdist(expected, memory.bank).min(1).values.max() < 1e-4  # same patches, coreset order
+
+
+def test_no_normal_training_image_is_a_clear_error(tmp_path) -> None:
+    class DefectsOnly(BatchData):
+        def _loader(self) -> DataLoader:
+            batches = [make_batch(4, 32, seed=i) for i in range(2)]
+            for b in batches:
+                b.label[:] = 1
+            return DataLoader(batches, batch_size=None)
+
+        train_dataloader = val_dataloader = _loader
+
+    module = CLIPMDCModule(tiny(memory=NormalMemory()))
+    with pytest.raises(DataError, match=r"normal \(defect-free\) training images.*has none.*memory null"):
+        _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=DefectsOnly())
+
+
+def test_coreset_selection_shows_a_progress_bar(capsys) -> None:
+    points = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    quiet = greedy_coreset(points, 50)
+    assert "coreset" not in capsys.readouterr().err
+    assert torch.equal(greedy_coreset(points, 50, progress=True), quiet)  # same selection
+    assert "memory bank: coreset" in capsys.readouterr().err
+
+
+def test_debug_runs_build_the_bank_from_few_normal_images(tmp_path, capsys) -> None:
+    """fast_dev_run / limit_train_batches cap the images of the bank to what those batches hold (spread over the
+    normal training images), so a debug run stays quick whatever the data size; a line says so."""
+    from common.data import DefectDataModule, MVTecReader
+    from common.data.demo import generate_demo_dataset
+
+    root = generate_demo_dataset(tmp_path / "demo", image_size=32, objects=("plate",), n_train_good=30,
+                                 n_test_good=2, n_test_defect=1)
+    dm = DefectDataModule(MVTecReader(root), image_size=32, batch_size=4, num_workers=0)
+    module = CLIPMDCModule(tiny(memory=NormalMemory(coreset_ratio=1.0)))
+    L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=dm)
+    owners = set(module.model.memory.owner.tolist())
+    normal = [str(r.image_path) for r in dm.split_records()["train"]]
+    assert len(normal) == 24 and len(owners) == 4  # one training batch of 4 images, not all 24
+    spread = [normal[i * 24 // 4] for i in range(4)]
+    assert owners == set(image_ids(spread).tolist())
+    assert "built from at most 4 normal images, because training is limited" in capsys.readouterr().out
+    # a full run uses every normal training image
+    module = CLIPMDCModule(tiny(memory=NormalMemory(coreset_ratio=1.0)))
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert len(set(module.model.memory.owner.tolist())) == 24

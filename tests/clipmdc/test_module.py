@@ -75,8 +75,9 @@ def test_checkpoint_without_frozen_weights_loads_strictly(tmp_path) -> None:
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert not any(".image_encoder." in k or ".text_encoder." in k for k in ckpt["state_dict"])
-    assert ckpt["clipmdc_vocabulary"]["defect_types"] == DATA_VOCAB
+    assert ckpt["defectfm"]["vocabulary"]["defect_types"] == DATA_VOCAB
     restored = CLIPMDCModule.load_from_checkpoint(path, model=tiny(), strict=True)
+    assert restored.model.defect_types == DATA_VOCAB  # the checkpoint's names, with no data at hand
     for k, v in module.state_dict().items():
         assert torch.equal(restored.state_dict()[k], v), k
 
@@ -92,14 +93,14 @@ def test_open_vocabulary_at_test_time(tmp_path) -> None:
     module.load_state_dict(weights, strict=True)
     results = _trainer(tmp_path).test(module, datamodule=BatchData(), verbose=False)
     assert "test/type_accuracy" in results[0] and "test/image_auroc" in results[0]
+    # data ids (scratch=1, dent=2) mapped by name into the new vocabulary (scratch -> -1, dent -> 2)
+    assert module._type_mapping.tolist() == [0, -1, 2]
     preds = _trainer(tmp_path).predict(module, datamodule=BatchData())
     assert len(preds[0]) == 4 and isinstance(preds[0][0], ImagePrediction)
     assert list(preds[0][0].record["type_probabilities"]) == new_vocab  # the outputs follow the new names
     assert preds[0][0].record["defect_type"] in new_vocab
     assert preds[0][0].anomaly_map.shape == (32, 32)
     assert [p.path for p in preds[0]] == [f"img_{i}.png" for i in range(4)]
-    # data ids (scratch=1, dent=2) mapped by name into the new vocabulary (scratch -> -1, dent -> 2)
-    assert module._type_mapping.tolist() == [0, -1, 2]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in weights.items())
 
 

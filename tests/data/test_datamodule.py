@@ -97,15 +97,20 @@ def test_batches_are_typed_and_aligned(mvtec_root: Path) -> None:
     assert seen == len(dm.split_records()["train"])
 
 
-def test_reference_loader_is_the_unaugmented_training_set_in_order(mvtec_root: Path) -> None:
+def test_reference_loader_is_the_unaugmented_normal_training_set_in_order(mvtec_root: Path) -> None:
     dm = DefectDataModule(MVTecReader(mvtec_root), image_size=24, batch_size=5, split="random",
                           augment="strong", num_workers=0)
     dm.setup("fit")
     first, second = list(dm.reference_dataloader()), list(dm.reference_dataloader())
-    assert [p for b in first for p in b.path] == _paths(dm.split_records()["train"])  # all, in split order
+    normal = [r for r in dm.split_records()["train"] if not r.is_anomalous]
+    assert 0 < len(normal) < len(dm.split_records()["train"])
+    assert [p for b in first for p in b.path] == _paths(normal)  # every normal one, in split order
     assert all(torch.equal(a.image, b.image) for a, b in zip(first, second, strict=True))  # no random augmentation
-    plain = dm._dataset(dm.split_records()["train"], train=False)
+    plain = dm._dataset(normal, train=False)
     assert torch.equal(first[0].image[0], plain[0]["image"])
+    # capped (quick debug runs): evenly spread over the list, not the first ones
+    capped = [p for b in dm.reference_dataloader(max_images=3) for p in b.path]
+    assert capped == [_paths(normal)[i * len(normal) // 3] for i in range(3)]
 
 
 def test_vocabulary_and_open_vocabulary_override(mvtec_root: Path, classid_root: Path) -> None:

@@ -79,3 +79,45 @@ def test_forward_has_no_grad_and_works_in_inference_mode() -> None:
     assert not owner.encoder(x).requires_grad
     with torch.inference_mode():
         assert owner(torch.randn(2, 4)).shape == (2, 1)
+
+
+def test_lightning_eval_mode_warning_is_silenced_for_frozen_modules_only(tmp_path) -> None:
+    """Lightning warns at fit start about modules in eval mode: by design for the frozen ones (silenced), a real
+    problem for any other (still warned about, since the count then differs)."""
+    import warnings
+
+    import lightning as L
+
+    from common.encoders.frozen import expect_frozen_eval_modules, frozen_module_count
+
+    class Module(L.LightningModule):
+        def __init__(self, stray_eval: bool) -> None:
+            super().__init__()
+            self.owner = Owner()
+            self.stray_eval = stray_eval
+            self.train()
+
+        def on_fit_start(self) -> None:
+            expect_frozen_eval_modules(self)
+
+        def training_step(self, batch, batch_idx):
+            return self.owner(batch[0]).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.owner.head.parameters(), lr=0.1)
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            if self.stray_eval:
+                self.owner.head.eval()  # a trainable layer left in eval mode by mistake
+            return self
+
+    assert frozen_module_count(Owner()) == 5  # the wrapper, Sequential, Linear, Dropout, BatchNorm1d
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    for stray, expected in ((False, 0), (True, 1)):
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(Module(stray), data)
+        assert sum("in eval mode at the start of training" in str(w.message) for w in caught) == expected

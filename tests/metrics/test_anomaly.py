@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from common.metrics import (
     PixelAUROC,
     PixelF1Max,
     anomaly_metrics,
+    format_metric,
 )
 
 
@@ -106,14 +109,15 @@ def test_out_of_range_scores_warn_in_binned_mode():
 
 # ------------------------------------------------------------------------------------------ degenerate
 @pytest.mark.parametrize("mode", ["exact", "binned"])
-def test_no_anomalous_pixel(mode):
+def test_no_anomalous_pixel_is_undefined(mode):
+    """Data without masks: only normal pixels. Undefined, so NaN, never 0.5 / 0.0 as if measured."""
     maps, masks = torch.rand(2, 8, 8), torch.zeros(2, 8, 8)
-    for cls, expected in ((PixelAUROC, 0.5), (PixelAP, 0.0), (PixelF1Max, 0.0)):
+    for cls in (PixelAUROC, PixelAP, PixelF1Max):
         m = cls(mode=mode)
         m.update(maps, masks)
-        with pytest.warns(UserWarning, match="undefined"):
+        with pytest.warns(UserWarning, match="undefined.*nan"):
             value = m.compute()
-        assert not torch.isnan(value) and float(value) == expected
+        assert torch.isnan(value) and value.dtype == torch.float32
 
 
 @pytest.mark.parametrize("mode", ["exact", "binned"])
@@ -122,7 +126,7 @@ def test_only_anomalous(mode):
     m = PixelAUROC(mode=mode)
     m.update(maps, masks)
     with pytest.warns(UserWarning):
-        assert float(m.compute()) == 0.5
+        assert torch.isnan(m.compute())
     for cls in (PixelAP, PixelF1Max):
         m = cls(mode=mode)
         m.update(maps, masks)
@@ -142,17 +146,33 @@ def test_constant_predictions(mode):
         assert float(m.compute()) == pytest.approx(value, abs=1e-6)
 
 
-def test_image_one_class_and_empty():
+def test_image_one_class_and_empty_are_undefined():
     m = ImageAUROC()
     with pytest.warns(UserWarning):
-        assert float(m.compute()) == 0.5  # no update at all
-    m.update(torch.tensor([0.1, 0.9]), torch.tensor([1, 1]))
+        assert torch.isnan(m.compute())  # no update at all
+    m.update(torch.tensor([0.1, 0.9]), torch.tensor([1, 1]))  # no normal image
     with pytest.warns(UserWarning):
-        assert float(m.compute()) == 0.5
+        assert torch.isnan(m.compute())
+    m = ImageAUROC()
+    m.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 0]))  # no defective image
+    with pytest.warns(UserWarning):
+        assert torch.isnan(m.compute())
     ap = ImageAP()
     ap.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 0]))
     with pytest.warns(UserWarning):
-        assert float(ap.compute()) == 0.0
+        assert torch.isnan(ap.compute())
+
+
+def test_collection_reports_undefined_metrics_as_nan_next_to_defined_ones():
+    """What a LightningModule logs on data without masks: the image metrics are measured, the pixel ones NaN."""
+    coll = anomaly_metrics(mode="binned").clone(prefix="test/")
+    coll.update(scores=torch.tensor([0.2, 0.8, 0.3, 0.9]), labels=torch.tensor([0, 1, 0, 1]),
+                anomaly_maps=torch.rand(4, 8, 8), masks=torch.zeros(4, 8, 8))
+    with pytest.warns(UserWarning):
+        out = {k: float(v) for k, v in coll.compute().items()}
+    assert out["test/image_auroc"] == 1.0
+    assert all(math.isnan(out[f"test/pixel_{k}"]) for k in ("auroc", "ap", "aupro"))
+    assert [format_metric(out[k]) for k in ("test/image_auroc", "test/pixel_auroc")] == ["1.0000", "-"]
 
 
 def test_shape_mismatch_names_both_shapes():

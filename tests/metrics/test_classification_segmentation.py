@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -52,9 +54,9 @@ def test_macro_f1_ignores_classes_absent_everywhere():
 def test_no_samples_and_normalized_confusion_matrix():
     acc, f1 = DefectTypeAccuracy(3), DefectTypeMacroF1(3)
     with pytest.warns(UserWarning):
-        assert float(acc.compute()) == 0.0
+        assert torch.isnan(acc.compute())  # no sample: undefined, not 0.0
     with pytest.warns(UserWarning):
-        assert float(f1.compute()) == 0.0
+        assert torch.isnan(f1.compute())
     cm = DefectTypeConfusionMatrix(3, normalize="true")
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
     out = cm.compute()
@@ -115,7 +117,10 @@ def test_iou_absent_class_ignore_index_and_background():
 def test_iou_degenerate_and_errors():
     m = MeanIoU(3)
     with pytest.warns(UserWarning):
-        assert float(m.compute()) == 0.0
+        assert torch.isnan(m.compute())
+    per = PerClassIoU(3)
+    per.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert per.compute()[0] == 1.0 and torch.isnan(per.compute()[1:]).all()  # absent classes: undefined
     m.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
     assert float(m.compute()) == 1.0  # only class 0 present, perfectly segmented
     with pytest.raises(ValueError, match=r"\(1, 4, 4\).*\(1, 4, 5\)"):
@@ -126,7 +131,7 @@ def test_iou_degenerate_and_errors():
 
 def test_mean_iou_over_a_subset_of_classes() -> None:
     """``classes``: the mean over the given classes that are present (the base / novel split of an
-    open-vocabulary test), 0.0 with a warning when none of them is."""
+    open-vocabulary test), NaN (undefined) with a warning when none of them is."""
     import pytest
 
     from common.metrics import MeanIoU, PerClassIoU
@@ -142,4 +147,4 @@ def test_mean_iou_over_a_subset_of_classes() -> None:
     absent = MeanIoU(4, classes=[3])
     absent.update(preds, target)
     with pytest.warns(UserWarning, match="no class present"):
-        assert float(absent.compute()) == 0.0
+        assert math.isnan(float(absent.compute()))

@@ -102,9 +102,9 @@ def test_missed_instance_and_false_positive():
     assert float(out["bbox_map_50"]) == pytest.approx(0.5 * 34 / 101, abs=1e-6)
 
 
-def test_no_ground_truth_gives_zero_with_warning():
+def test_no_ground_truth_is_undefined_with_warning():
     m = DetectionMAP(iou_type="segm")
     m.update([item([rect_mask(1, 1, 5, 5)], scores=[0.9])], [item([])])
     with pytest.warns(UserWarning, match="no ground truth"):
         out = m.compute()
-    assert float(out["segm_map"]) == 0.0 and float(out["segm_map_50"]) == 0.0
+    assert torch.isnan(out["segm_map"]) and torch.isnan(out["segm_map_50"])

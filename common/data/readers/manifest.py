@@ -5,6 +5,13 @@ path), ``label`` (0/1 or ``good``/a defect type), ``defect_type``, ``object``, `
 names present), ``split``. Example::
 
     {"image": "imgs/001.png", "caption": "a metal plate with a long scratch in the upper left", "mask": "masks/001.png", "defect_type": "scratch", "object": "plate"}
+
+Masks other than binary ones (what ``defectfm corpus`` writes, see :mod:`common.data.corpus`):
+``mask_threshold`` (binary masks: a pixel above it is a defect), ``mask_kind`` (``binary``, ``class_id`` or
+``boxes``), ``class_names`` (names of classes 1..K), ``class_ids`` (pixel value of each class when not 1..K),
+``ignore_ids`` (pixel values that are background), ``boxes`` (``[x1, y1, x2, y2, name]`` per box, ``x1 <= x < x2``;
+``mask`` is then the annotation file, for reference, and may be absent), ``mask_quality`` (``pixel`` or ``box``).
+``domain`` is kept in ``record.extra["domain"]``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from pathlib import Path
 
 from common.data.errors import DataError
 from common.data.readers.base import Reader
-from common.data.types import NORMAL, SampleRecord
+from common.data.types import MASK_KINDS, MASK_QUALITIES, NORMAL, SampleRecord
 
 
 def _label(entry: dict, where: str) -> tuple[bool | None, str]:
@@ -38,6 +45,36 @@ def _label(entry: dict, where: str) -> tuple[bool | None, str]:
     else:
         raise DataError(f"{where}: 'label' must be 0/1 or a name, got {label!r}")
     return anomalous, (dtype or "defect") if anomalous else NORMAL
+
+
+def _mask_fields(entry: dict, where: str) -> dict:
+    """SampleRecord mask fields of a class-id or box mask line (empty for binary masks)."""
+    kind = entry.get("mask_kind", "binary")
+    quality = entry.get("mask_quality", "box" if kind == "boxes" else "pixel")
+    if kind not in MASK_KINDS or quality not in MASK_QUALITIES:
+        raise DataError(f"{where}: mask_kind must be one of {MASK_KINDS} and mask_quality one of {MASK_QUALITIES}, "
+                        f"got {kind!r} / {quality!r}")
+    if kind == "binary":
+        return {"mask_quality": quality}
+    names = entry.get("class_names")
+    boxes = entry.get("boxes") or []
+    try:
+        if names is None and kind == "boxes":
+            names = sorted({str(b[4]) for b in boxes})
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError("class_names must be a list of names")
+        index = {n: i for i, n in enumerate(names, start=1)}
+        fields = {"mask_kind": kind, "class_names": tuple(names), "mask_quality": quality,
+                  "class_ids": tuple(int(i) for i in entry.get("class_ids") or ()),
+                  "ignore_ids": tuple(int(i) for i in entry.get("ignore_ids") or ())}
+        if kind == "boxes":
+            fields["boxes"] = tuple((int(x1), int(y1), int(x2), int(y2), index[str(n)]) for x1, y1, x2, y2, n in boxes)
+    except KeyError as e:
+        raise DataError(f"{where}: box class {e.args[0]!r} is not in class_names {names}") from e
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: bad {kind} mask fields ({e}); expected class_names: [names], "
+                        "class_ids/ignore_ids: [ints], boxes: [[x1, y1, x2, y2, name], ...]") from e
+    return fields
 
 
 class ManifestReader(Reader):
@@ -80,6 +117,9 @@ class ManifestReader(Reader):
                         if p is not None and not p.is_file():
                             raise DataError(f"{where}: {what} {p} does not exist")
                 anomalous, dtype = _label(entry, where)
+                extra = {"labels": tuple(entry.get("labels") or ())}
+                if "domain" in entry:
+                    extra["domain"] = entry["domain"]
                 records.append(
                     SampleRecord(
                         image,
@@ -90,7 +130,8 @@ class ManifestReader(Reader):
                         mask_threshold=int(entry.get("mask_threshold", 0)),
                         caption=entry.get("caption"),
                         split=entry.get("split"),
-                        extra={"labels": tuple(entry.get("labels") or ())},
+                        extra=extra,
+                        **_mask_fields(entry, where),
                     )
                 )
         return records
