@@ -31,10 +31,12 @@ from common.checkpoint import (
     read_checkpoint,
 )
 from common.cli_errors import DefectArgumentParser, UsageError, squeezed
+from common.cli_links import patch_function_links
 from common.cli_null import patch_nested_null
 from common.data.errors import DataError
 
 patch_nested_null()
+patch_function_links()
 
 
 def _scan_ckpt_path(args: Sequence[str], subcommands: Sequence[str]) -> tuple[str | None, str | None]:
