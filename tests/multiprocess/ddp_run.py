@@ -17,7 +17,11 @@ every synchronised metric, equal the one-process run's up to float summation ord
   the batch composition, so the one-process run evaluates the weights the two-process run trained
   (``--weights``) and the metrics are compared on the same weights. The validation vocabulary is the base class,
   and the validation images are laid out so that one process sees only images of the novel class (their image
-  class is unknown): the epoch-end branches must not depend on a process's own data.
+  class is unknown): the epoch-end branches must not depend on a process's own data. Every process has one thread
+  and evaluation takes one image per step in every run, so an image's output is the same bits in every run (the
+  thread count and the batch size change the float summation order of the networks, about 2e-6 in the scores,
+  which moves pixels across the bins of the binned pixel metrics and AUPRO's thresholds: about 1e-4 of
+  ``pixel_aupro``); what is compared is then the metrics' synchronisation alone.
 * ``stage1``: the tiny stage-1 model on a caption manifest; its per-step noise is seeded per process, so the
   test replays the same per-process draws in one process (see the test).
 """
@@ -45,11 +49,11 @@ def trainer(devices: int, **kw: Any) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=devices, strategy=DDPStrategy(process_group_backend="gloo"), **args)
 
 
-def defect_data(manifest: Path, devices: int) -> Any:
+def defect_data(manifest: Path, devices: int, eval_batch_size: int | None = None) -> Any:
     from common.data import DefectDataModule, ManifestReader
 
     return DefectDataModule(ManifestReader(manifest), image_size=32, batch_size=GLOBAL_BATCH // devices,
-                            num_workers=0, split="auto", augment="none", seed=0)
+                            eval_batch_size=eval_batch_size, num_workers=0, split="auto", augment="none", seed=0)
 
 
 def numbers(d: dict[str, Any]) -> dict[str, float]:
@@ -77,7 +81,7 @@ def run_stage2(data: Path, devices: int, weights: Path | None, out: Path) -> dic
     from diffdefect import DiffusionFeatures, HungarianMatcher, SetCriterion, Stage2Model, Stage2Module
 
     L.seed_everything(0)
-    dm = defect_data(data / "stage2.jsonl", devices)
+    dm = defect_data(data / "stage2.jsonl", devices, eval_batch_size=1)  # outputs bit-equal in every run
     model = Stage2Model(DiffusionFeatures(vae_levels=1), head="tiny")
     module = Stage2Module(model=model, criterion=SetCriterion(matcher=HungarianMatcher(num_points=256)),
                           data_vocabulary=dm.vocabulary, train_classes=["scratch"],
@@ -120,7 +124,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["clipmdc", "stage2", "stage1"])
     p.add_argument("--weights", type=Path, default=None, help="stage 2: evaluate these weights (no fit)")
     a = p.parse_args()
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # else Lightning gives each process (CPUs // processes) threads, and the
+    torch.set_num_threads(1)  # thread count changes the float summation order of the networks
     results: dict[str, Any] = {}
     for name in a.models:
         if name == "clipmdc":
