@@ -78,17 +78,24 @@ def export_onnx(
     example = torch.rand(2, 3, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=["image"],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    # nn.MultiheadAttention's eval fast path (open_clip's ViT) is the fused aten::_native_multi_head_attention,
+    # which has no ONNX symbolic: trace the plain attention ops instead (same result).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     import onnx
 
     proto = onnx.load(str(path))
