@@ -25,6 +25,7 @@ from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from common.data.errors import DataError
 from common.data.io import is_image_file, read_image
+from common.onnx_compat import antialias_as_matmul
 
 OUTPUT_NAMES = ("anomaly_map", "image_score", "type_probs")
 
@@ -83,7 +84,7 @@ def export_onnx(
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), antialias_as_matmul():  # antialiased resizes have no ONNX symbolic
             torch.onnx.export(
                 wrapper,
                 (example,),
