@@ -245,6 +245,13 @@ class ImageThresholdCalibrator(Metric):
         self.scores.append(check_scores(scores).reshape(-1).detach())
         self.labels.append(check_binary(labels, "labels").reshape(-1).detach())
 
+    def collected(self) -> tuple[Tensor, Tensor]:
+        """``(scores, labels)``, ``(N,)`` each: everything collected since the last reset (all DDP ranks')."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
+            if isinstance(self.scores, list) and not self.scores:
+                return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+            return dim_zero_cat(self.scores).cpu(), dim_zero_cat(self.labels).cpu()
+
     def compute(self) -> Threshold:
         """The threshold of everything collected since the last reset."""
         if isinstance(self.scores, list) and not self.scores:
