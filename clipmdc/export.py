@@ -65,6 +65,21 @@ class ExportWrapper(nn.Module):
         return out.anomaly_prob, out.image_prob, out.type_prob_image
 
 
+def _modes(model: nn.Module) -> tuple[nn.Module, torch.device, dict[nn.Module, bool]]:
+    device = next(model.parameters()).device
+    return model, device, {m: m.training for m in model.modules()}
+
+
+def _restore_modes(state: tuple[nn.Module, torch.device, dict[nn.Module, bool]]) -> None:
+    """Puts the model back on its device and every submodule in its train/eval mode: exporting must not change
+    the model (torch.onnx.export restores the *wrapper's* mode recursively, which used to leave the model in
+    training mode, BatchNorm on batch statistics, after an export)."""
+    model, device, modes = state
+    model.to(device)
+    for module, training in modes.items():
+        module.training = training
+
+
 def export_onnx(
     model: CLIPMDC,
     path: str | Path,
@@ -87,7 +102,8 @@ def export_onnx(
         The written path.
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    wrapper = ExportWrapper(model, object_index).cpu().float()
+    modes = _modes(model)
+    wrapper = ExportWrapper(model, object_index).cpu().float().eval()
     example = torch.rand(2, 3, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +125,7 @@ def export_onnx(
             )
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        _restore_modes(modes)
     import onnx
 
     proto = onnx.load(str(path))
@@ -128,9 +145,13 @@ def export_onnx(
 
 def export_torchscript(model: CLIPMDC, path: str | Path, image_size: int = 256, object_index: int | None = None) -> Path:
     """Traces the inference view to TorchScript (same inputs/outputs as the ONNX graph)."""
-    wrapper = ExportWrapper(model, object_index).cpu().float()
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, torch.rand(1, 3, image_size, image_size), check_trace=False)
+    modes = _modes(model)
+    wrapper = ExportWrapper(model, object_index).cpu().float().eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, torch.rand(1, 3, image_size, image_size), check_trace=False)
+    finally:
+        _restore_modes(modes)
     path = Path(path)
     traced.save(str(path))
     return path

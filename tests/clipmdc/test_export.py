@@ -146,3 +146,15 @@ def test_antialiased_resize_as_matmul_matches_torch(mode: str, src: tuple, dst: 
     assert (got32 - ref).abs().max() < 1e-4  # float32: PyTorch's own float32 kernel differs by ~1e-5
     assert torch.equal(plain, F.interpolate(x, size=dst, mode="bilinear", align_corners=False))
     assert F.interpolate.__module__ == "torch.nn.functional"  # restored
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_export_leaves_the_model_in_its_mode(training: bool, tmp_path: Path) -> None:
+    """torch.onnx.export restores the wrapper's mode: a new wrapper is in training mode, which left the model in
+    training mode after export (BatchNorm on batch statistics: other maps than the exported file's)."""
+    model = tiny().train(training)
+    modes = {n: m.training for n, m in model.named_modules()}
+    export_onnx(model, tmp_path / "m.onnx", SIZE)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    export_torchscript(model, tmp_path / "m.pt", SIZE)
+    assert {n: m.training for n, m in model.named_modules()} == modes
