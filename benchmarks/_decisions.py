@@ -53,10 +53,11 @@ def onnx_agreement(module: Any, loader: Any, image_size: int) -> dict[str, Any]:
     """Exports ``module`` to ONNX and compares onnxruntime with PyTorch on every image of ``loader``.
 
     Returns:
-        ``decision_agreement`` (fraction of images with the same decision), ``region_agreement`` (same region
-        boxes and areas), ``max_abs_diff_map`` / ``max_abs_diff_score`` (probabilities), counts and timings.
+        ``decision_agreement`` (fraction of images with the same decision), ``region_agreement`` (identical
+        region boxes and areas), ``region_agreement_1px`` (the same regions up to one pixel at their borders,
+        :func:`clipmdc.explain.regions_agree`), ``max_abs_diff_map`` / ``max_abs_diff_score`` (probabilities), counts and timings.
     """
-    from clipmdc.explain import explain_probabilities
+    from clipmdc.explain import explain_probabilities, regions_agree
     from clipmdc.export import OnnxPredictor, export_module
 
     module.eval()
@@ -67,7 +68,7 @@ def onnx_agreement(module: Any, loader: Any, image_size: int) -> dict[str, Any]:
         export_s = time.perf_counter() - t0
         size_mb = path.stat().st_size / 2**20
         predictor = OnnxPredictor(path)
-        same_decision = same_regions = n = 0
+        same_decision = same_regions = close_regions = n = 0
         diff_map = diff_score = 0.0
         with torch.inference_mode():
             for batch in loader:
@@ -87,11 +88,13 @@ def onnx_agreement(module: Any, loader: Any, image_size: int) -> dict[str, Any]:
                     same_decision += ra["is_anomalous"] == rb["is_anomalous"]
                     same_regions += [(r["box"], r["area"]) for r in ra["regions"]] == [
                         (r["box"], r["area"]) for r in rb["regions"]]
+                    close_regions += regions_agree(ra["regions"], rb["regions"], pixels=1)
                     n += 1
     return {
         "images": n,
         "decision_agreement": same_decision / n if n else None,
         "region_agreement": same_regions / n if n else None,
+        "region_agreement_1px": close_regions / n if n else None,
         "max_abs_diff_map": diff_map,
         "max_abs_diff_score": diff_score,
         "onnx_mb": size_mb,
@@ -101,7 +104,7 @@ def onnx_agreement(module: Any, loader: Any, image_size: int) -> dict[str, Any]:
 
 
 HEADER = ["regime", "mode", "target FAR", "image thr", "pixel thr", "test FAR", "test miss", "ONNX decisions",
-          "ONNX regions"]
+          "ONNX regions", "ONNX regions 1px"]
 
 
 def table_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
@@ -111,7 +114,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
         r = models.get("clipmdc") or {}
         d, o = r.get("decisions") or {}, r.get("onnx") or {}
         cells = [d.get("threshold_mode"), d.get("target_far"), d.get("image_threshold"), d.get("pixel_threshold"),
-                 d.get("test_far"), d.get("test_miss_rate"), o.get("decision_agreement"), o.get("region_agreement")]
+                 d.get("test_far"), d.get("test_miss_rate"), o.get("decision_agreement"), o.get("region_agreement"),
+                 o.get("region_agreement_1px")]
         rows.append([regime] + ["-" if v is None or v != v else v for v in cells])
     return rows
 

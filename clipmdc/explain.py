@@ -81,6 +81,22 @@ def image_regions(amap: np.ndarray, pixel_threshold: float, min_area: int) -> tu
     return find_regions(mask, amap), mask, True
 
 
+def regions_agree(a: Sequence[dict], b: Sequence[dict], pixels: int = 1) -> bool:
+    """Whether two JSON region lists describe the same regions up to ``pixels`` at their borders: as many
+    regions, boxes within ``pixels`` per side, areas within ``pixels`` times the box perimeter. Two float32
+    implementations of one model (PyTorch, onnxruntime) differ by ~1e-6, which flips the rare border pixel that
+    lies that close to the threshold."""
+    if len(a) != len(b):
+        return False
+    for ra, rb in zip(a, b, strict=True):
+        x0, y0, x1, y1 = ra["box"]
+        if max(abs(u - v) for u, v in zip(ra["box"], rb["box"], strict=True)) > pixels:
+            return False
+        if abs(ra["area"] - rb["area"]) > pixels * 2 * ((x1 - x0) + (y1 - y0)):
+            return False
+    return True
+
+
 def explain_probabilities(
     anomaly_prob: np.ndarray,
     image_prob: np.ndarray,

@@ -185,15 +185,23 @@ def _predict_both(module: CLIPMDCModule, dm: object, out: Path, name: str, **giv
     return [(t, onnx_lines[t["path"]]) for t in torch_lines]
 
 
-def _assert_same(pairs: list[tuple[dict, dict]], out: Path, name: str) -> None:
+def _assert_same(pairs: list[tuple[dict, dict]], out: Path, name: str, exact: bool = True) -> None:
+    """Same decisions, thresholds and regions (``exact``: to the pixel; else up to a border pixel, and to the
+    pixel on 90% of the images: float32 PyTorch and onnxruntime differ by ~1e-6)."""
+    from clipmdc.explain import regions_agree
+
+    identical = 0
     for t, o in pairs:
         for key in ("is_anomalous", "defect_type", "num_regions", "image_threshold", "pixel_threshold",
                     "threshold_mode", "pixel_threshold_mode", "regions_below_pixel_threshold", "map_size"):
             assert o[key] == t[key], (t["path"], key)
-        assert [(r["box"], r["area"]) for r in o["regions"]] == [(r["box"], r["area"]) for r in t["regions"]], t["path"]
+        same = [(r["box"], r["area"]) for r in o["regions"]] == [(r["box"], r["area"]) for r in t["regions"]]
+        assert same or (not exact and regions_agree(o["regions"], t["regions"], pixels=1)), t["path"]
+        identical += same
         assert abs(o["anomaly_score"] - t["anomaly_score"]) <= 1e-4
         overlay = Image.open(out / f"{name}_onnx" / o["overlay"])
         assert overlay.size == Image.open(t["path"]).size  # at the image's own size and aspect ratio
+    assert identical >= 0.9 * len(pairs)
 
 
 def test_onnx_predict_equals_lightning_predict(trained) -> None:
@@ -206,7 +214,7 @@ def test_onnx_predict_equals_lightning_predict(trained) -> None:
     maps = [np.asarray(Image.open(out / "calibrated_torch" / t["map"])) / 65535.0 for t, _ in calibrated]
     level = float(np.median([np.quantile(m, 0.97) for m in maps]))  # the top 3% of a typical map
     low = _predict_both(module, dm, out, "low", image=0.0, pixel=level)
-    _assert_same(low, out, "low")
+    _assert_same(low, out, "low", exact=False)
     assert sum(t["num_regions"] for t, _ in low) > len(low) and not all(t["regions_below_pixel_threshold"] for t, _ in low)
 
 

@@ -73,3 +73,12 @@ def test_an_image_called_anomalous_always_shows_a_region_a_normal_one_none() -> 
     assert not normal["is_anomalous"] and normal["regions"] == [] and not preds[2].region_mask.any()
     for r in (faint, clear, normal):
         assert (r["image_threshold"], r["pixel_threshold"], r["threshold_mode"]) == (0.5, 0.5, "given")
+
+
+def test_regions_agree_up_to_a_border_pixel() -> None:
+    from clipmdc.explain import regions_agree
+
+    a = [{"box": (10, 10, 20, 30), "area": 150}]
+    assert regions_agree(a, [{"box": (10, 10, 21, 30), "area": 158}])  # one border pixel column more
+    assert not regions_agree(a, [{"box": (10, 10, 23, 30), "area": 150}])  # 3 px: another region
+    assert not regions_agree(a, a + a) and regions_agree([], [])
