@@ -212,6 +212,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*num_workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # fit runs without validation here; the thresholds are calibrated right after it (_decisions.calibrate)
+    warnings.filterwarnings("ignore", message=".*thresholds were not calibrated.*")
 
 
 def _epoch_logger(tag: str) -> Any:

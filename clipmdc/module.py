@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 
 from clipmdc.explain import decide, explain_batch
 from clipmdc.loss import CLIPMDCLoss
@@ -277,6 +278,14 @@ class CLIPMDCModule(L.LightningModule):
         self.thresholds.set(image, pixel)
         self.log_dict({"val/image_threshold": float(self.thresholds.image),
                        "val/pixel_threshold": float(self.thresholds.pixel)})
+
+    def on_fit_end(self) -> None:
+        """Says so when no validation epoch calibrated the thresholds (no validation data)."""
+        if self.trainer.is_global_zero and self.decision_thresholds()["threshold_mode"] == "none":
+            rank_zero_warn(
+                "CLIP-MDC: no validation epoch ran, so the decision thresholds were not calibrated: predict decides "
+                "at 0.5. Give a validation split, or image_threshold / pixel_threshold."
+            )
 
     def on_test_epoch_end(self) -> None:
         """Logs the decision threshold and the false-alarm / miss rates of the test images at it (NaN when the

@@ -134,6 +134,13 @@ def test_every_checkpoint_carries_the_thresholds_of_its_epoch(tmp_path: Path) ->
         assert restored.decision_thresholds()["threshold_mode"] == "f1"
 
 
+def test_fit_without_validation_says_the_thresholds_are_not_calibrated(tmp_path: Path) -> None:
+    module = CLIPMDCModule(tiny())
+    with pytest.warns(UserWarning, match="not calibrated"):
+        _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=Data())
+    assert module.decision_thresholds()["threshold_mode"] == "none"
+
+
 # ---------------------------------------------------------------------------------------------- ONNX == torch
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[CLIPMDCModule, object, Path]:
