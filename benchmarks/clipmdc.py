@@ -27,6 +27,11 @@ test suite). Everything runs in one process, offline (no weights are downloaded)
    one setting chosen on the validation split (``--eval-split val``, for development) is CLIP-MDC's initial
    memory weight per regime (``FULL["memory_weight"]``).
 
+   **Decisions**: after training, the thresholds are calibrated on the validation split (F1-optimal; for
+   ``normal_only`` at a 1% target false-alarm rate on its normal images only) and the test split's false-alarm
+   and miss rates at them are reported, with the agreement of the exported ONNX file with PyTorch (decisions and
+   regions on every test image; :mod:`benchmarks._decisions`).
+
 2. **Latency** (``clipmdc_latency.json``). The trained models (``offline_real`` CLIP-MDC of the supervised
    regime, SuperSimpleNet, PatchCore with its memory bank) at 256x256, batch 1 and batch 32, CPU, float32,
    ``torch.inference_mode``, ``torch.set_num_threads`` fixed and recorded; rounds interleaved (ours, SSN,
@@ -54,7 +59,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import _common
+from benchmarks import _common, _decisions
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO.parent / "shared" / "data" / "magnetic_tile"
@@ -207,6 +212,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*num_workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # fit runs without validation here; the thresholds are calibrated right after it (_decisions.calibrate)
+    warnings.filterwarnings("ignore", message=".*thresholds were not calibrated.*")
 
 
 def _epoch_logger(tag: str) -> Any:
@@ -279,6 +286,7 @@ def run_clipmdc(
     trainer.fit(module, datamodule=dm)
     train_s = time.perf_counter() - t0
     final_loss = trainer.callback_metrics.get("train/loss")  # before test() resets the callback metrics
+    calibration = _decisions.calibrate(module, dm, normal_only=regime == "normal_only")
     t0 = time.perf_counter()
     if eval_split == "test":
         raw = trainer.test(module, datamodule=dm, verbose=False)[0]
@@ -288,6 +296,12 @@ def run_clipmdc(
     metrics = {k.split("/", 1)[1]: float(v) for k, v in raw.items() if k.startswith("test/")}
     keep = (*ANOMALY_KEYS, *EXTRA_KEYS, *TYPE_KEYS)
     result = {k: metrics[k] for k in keep if k in metrics}
+    result["decisions"] = {
+        **calibration,
+        "test_image_threshold": metrics.get("image_threshold"),
+        "test_far": metrics.get("image_far"),
+        "test_miss_rate": metrics.get("image_miss_rate"),
+    }
     result["final_train_loss"] = float(final_loss) if final_loss is not None else None
     result["train_s"] = train_s
     result["test_s"] = test_s
@@ -719,6 +733,8 @@ def _run(
         res, module, dm = run_clipmdc(reader, cfg, regime, a.eval_split)
         results[regime]["clipmdc"] = res
         modules[regime] = module
+        eval_loader = dm.test_dataloader() if a.eval_split == "test" else dm.val_dataloader()
+        res["onnx"] = _decisions.onnx_agreement(module, eval_loader, cfg["image_size"])
         _log(f"[clipmdc/{regime}] {_short(res)}")
         if regime == "supervised":  # the shared evaluation loop reproduces trainer.test
             loader = dm.test_dataloader() if a.eval_split == "test" else dm.val_dataloader()
@@ -738,6 +754,15 @@ def _run(
             _log(f"[{peer_name}/{regime}] {_short(pres)}")
     accuracy_s = time.perf_counter() - t_start
     comparisons, goal = _comparisons(results)
+    decisions_goal = _decisions.goal(results)
+    notes.append(
+        "Decisions: after training, trainer.validate calibrates the thresholds on the validation split "
+        "(common.calibration): F1-optimal for supervised and weakly_supervised (val holds defects and masks), and "
+        "for normal_only at the target false-alarm rate (1%) on the validation split's normal images only (a user "
+        "with no defective image). test_far / test_miss_rate: image decisions on the test split at that threshold."
+        + (" With --eval-split val they are measured on the calibration data itself." if a.eval_split == "val"
+           else "")
+    )
     if "normal_only" in results and "clipmdc" in results["normal_only"]:
         notes.append(
             "normal_only type metrics: the type head saw only normal images (class 'good') and Perlin anomalies "
@@ -808,10 +833,14 @@ def _run(
         "results": results,
         "comparisons": comparisons,
         "goal": goal,
+        "decisions_goal": decisions_goal,
         "notes": notes,
         "accuracy_wall_s": accuracy_s,
     }
     _table(results)
+    _common.print_table("CLIP-MDC decisions at the calibrated thresholds, test split (ONNX: agreement with "
+                        "PyTorch)", _decisions.HEADER, _decisions.table_rows(results))
+    _log(f"decisions goal met: {decisions_goal['met']} {decisions_goal['not_met'] or ''}")
     if comparisons:
         _common.print_table(
             "CLIP-MDC vs peer of the matching regime",

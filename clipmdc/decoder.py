@@ -6,6 +6,7 @@ test time without retraining: class-dependent outputs are always similarities to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -151,11 +152,22 @@ def topk_mean(logit_map: torch.Tensor, topk: float) -> torch.Tensor:
     return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
 
 
+def gaussian_kernel1d(sigma: float, radius: int) -> list[float]:
+    """Normalised 1-D Gaussian taps ``(2 * radius + 1,)`` as Python floats (constants when traced/exported)."""
+    taps = [math.exp(-(t * t) / (2.0 * sigma * sigma)) for t in range(-radius, radius + 1)]
+    total = sum(taps)
+    return [v / total for v in taps]
+
+
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(B, C, H, W)`` maps, reflect-padded (the peers' anomaly-map smoothing).
 
     Written here because torchvision's ``gaussian_blur`` convolves with the full 2-D kernel (33x33 taps at
     sigma 4), about 16x the work of two 1-D passes at the output resolution.
+
+    Exportable: the kernel size and taps depend only on ``sigma`` and the map's (static) height and width, so
+    they are Python numbers when the model is traced, and the kernel is a constant of the ONNX graph (a kernel
+    built from the runtime shape made the export fail with "convolution for kernel of unknown shape").
 
     Args:
         x: Maps to smooth.
@@ -163,14 +175,13 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    H, W = int(x.shape[-2]), int(x.shape[-1])
+    C, H, W = (int(v) for v in x.shape[1:])  # int(): constants when traced (C, H, W are fixed per model input)
     radius = min(int(4.0 * sigma + 0.5), (min(H, W) - 1) // 2)  # reflect padding needs radius < side
     if radius < 1:
         return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2.0 * sigma**2))
-    k = k / k.sum()  # (2r+1,)
-    C = x.shape[1]
+    taps = torch.tensor(gaussian_kernel1d(float(sigma), radius), dtype=x.dtype, device=x.device)  # (2r+1,)
+    row = taps.view(1, 1, 1, -1).repeat(C, 1, 1, 1)  # (C, 1, 1, 2r+1)
+    col = taps.view(1, 1, -1, 1).repeat(C, 1, 1, 1)  # (C, 1, 2r+1, 1)
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")  # (B, C, H+2r, W+2r)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)  # (B, C, H+2r, W)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)  # (B, C, H, W)
+    x = F.conv2d(x, row, groups=C)  # (B, C, H+2r, W)
+    return F.conv2d(x, col, groups=C)  # (B, C, H, W)

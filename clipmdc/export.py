@@ -3,7 +3,8 @@
 The exported graph takes ``image`` ``(B, 3, H, W)`` float in [0, 1] and returns ``anomaly_map`` ``(B, 1, H, W)``
 probabilities, ``image_score`` ``(B,)`` probabilities and ``type_probs`` ``(B, K+1)``. The vocabulary's text
 embeddings are baked in as constants (embedded once at export), and the names, object and image size are stored
-in the ONNX metadata, so an exported file is self-describing::
+in the ONNX metadata with the decision thresholds (calibrated on the validation split, or given), so an exported
+file is self-describing, and ``onnx-predict`` decides and draws regions as ``lightning predict`` does::
 
     defectfm export --config configs/clipmdc/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --out model.onnx
     defectfm onnx-predict --onnx model.onnx --input data/demo/plate/test/scratch --out runs/onnx_predict
@@ -15,18 +16,26 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from clipmdc.explain import explain_batch
+from clipmdc.explain import explain_probabilities
 from clipmdc.model import CLIPMDC
-from clipmdc.output import CLIPMDCOutput
+from common.calibration import DecisionThresholds
+from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
-from common.data.io import list_images, read_image
+from common.data.io import list_images
+from common.data.transforms import build_transform
+from common.data.types import NORMAL, SampleRecord
+from common.onnx_compat import antialias_as_matmul
 
 OUTPUT_NAMES = ("anomaly_map", "image_score", "type_probs")
+THRESHOLD_KEYS = ("image_threshold", "pixel_threshold", "threshold_mode", "pixel_threshold_mode", "target_far")
+"""Decision-threshold entries of the ONNX metadata (JSON values), see :meth:`DecisionThresholds.resolve`."""
 
 
 class ExportWrapper(nn.Module):
@@ -39,6 +48,10 @@ class ExportWrapper(nn.Module):
 
     def __init__(self, model: CLIPMDC, object_index: int | None = None) -> None:
         super().__init__()
+        if model.per_object_prompts and len(model.object_names) > 1 and object_index is None:
+            raise ValueError(  # averaged prompts would give other maps than lightning predict's per-object ones
+                f"this model uses per-object prompts: export one object at a time (--object, one of "
+                f"{model.object_names})")
         self.model = model.eval()
         self.model.embed_vocabulary()  # text embeddings become constants of the graph
         self.object_index = object_index
@@ -50,6 +63,21 @@ class ExportWrapper(nn.Module):
             object_id = torch.full((image.shape[0],), self.object_index, dtype=torch.long, device=image.device)
         out = self.model(image, object_id)
         return out.anomaly_prob, out.image_prob, out.type_prob_image
+
+
+def _modes(model: nn.Module) -> tuple[nn.Module, torch.device, dict[nn.Module, bool]]:
+    device = next(model.parameters()).device
+    return model, device, {m: m.training for m in model.modules()}
+
+
+def _restore_modes(state: tuple[nn.Module, torch.device, dict[nn.Module, bool]]) -> None:
+    """Puts the model back on its device and every submodule in its train/eval mode: exporting must not change
+    the model (torch.onnx.export restores the *wrapper's* mode recursively, which used to leave the model in
+    training mode, BatchNorm on batch statistics, after an export)."""
+    model, device, modes = state
+    model.to(device)
+    for module, training in modes.items():
+        module.training = training
 
 
 def export_onnx(
@@ -74,21 +102,30 @@ def export_onnx(
         The written path.
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    wrapper = ExportWrapper(model, object_index).cpu().float()
+    modes = _modes(model)
+    wrapper = ExportWrapper(model, object_index).cpu().float().eval()
     example = torch.rand(2, 3, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=["image"],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    # nn.MultiheadAttention's eval fast path (open_clip's ViT) is the fused aten::_native_multi_head_attention,
+    # which has no ONNX symbolic: trace the plain attention ops instead (same result).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), antialias_as_matmul():  # antialiased resizes have no ONNX symbolic
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        _restore_modes(modes)
     import onnx
 
     proto = onnx.load(str(path))
@@ -108,9 +145,13 @@ def export_onnx(
 
 def export_torchscript(model: CLIPMDC, path: str | Path, image_size: int = 256, object_index: int | None = None) -> Path:
     """Traces the inference view to TorchScript (same inputs/outputs as the ONNX graph)."""
-    wrapper = ExportWrapper(model, object_index).cpu().float()
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, torch.rand(1, 3, image_size, image_size), check_trace=False)
+    modes = _modes(model)
+    wrapper = ExportWrapper(model, object_index).cpu().float().eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, torch.rand(1, 3, image_size, image_size), check_trace=False)
+    finally:
+        _restore_modes(modes)
     path = Path(path)
     traced.save(str(path))
     return path
@@ -122,6 +163,10 @@ class OnnxPredictor:
     Args:
         path: The ``.onnx`` file written by :func:`export_onnx`.
         providers: onnxruntime execution providers (default: CPU).
+
+    Attributes:
+        thresholds: The decision thresholds stored at export (:meth:`DecisionThresholds.resolve` keys; 0.5 and
+            mode ``"none"`` for files exported without them).
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
@@ -129,7 +174,7 @@ class OnnxPredictor:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX file {self.path} does not exist")
+            raise DataError(f"{self.path}: ONNX file not found")
         self.session = ort.InferenceSession(str(self.path), providers=list(providers))
         meta = self.session.get_modelmeta().custom_metadata_map
         self.defect_types: list[str] = json.loads(meta["defect_types"])
@@ -137,50 +182,17 @@ class OnnxPredictor:
         self.image_size: tuple[int, int] = tuple(json.loads(meta["image_size"]))
         index = json.loads(meta.get("object_index", "null"))
         self.object_name = self.object_names[index] if index is not None else "/".join(self.object_names)
+        self.thresholds: dict[str, Any] = {**DecisionThresholds().resolve(),
+                                           **{k: json.loads(meta[k]) for k in THRESHOLD_KEYS if k in meta}}
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """``(B, 3, H, W)`` float32 in [0, 1] -> ``{"anomaly_map", "image_score", "type_probs"}``."""
         outs = self.session.run(list(OUTPUT_NAMES), {"image": np.ascontiguousarray(image, dtype=np.float32)})
         return dict(zip(OUTPUT_NAMES, outs, strict=True))
 
-    def as_output(self, result: dict[str, np.ndarray]) -> CLIPMDCOutput:
-        """Wraps probabilities as a :class:`CLIPMDCOutput` (logits) so explanations work unchanged."""
-        eps = 1e-7
-        amap = torch.from_numpy(result["anomaly_map"]).clamp(eps, 1 - eps)
-        score = torch.from_numpy(result["image_score"]).clamp(eps, 1 - eps)
-        types = torch.from_numpy(result["type_probs"]).clamp_min(eps)
-        b = amap.shape[0]
-        return CLIPMDCOutput(
-            anomaly_map=torch.logit(amap),
-            type_map=types.log()[:, :, None, None].expand(b, -1, *amap.shape[-2:]),
-            image_score=torch.logit(score),
-            topk_score=torch.logit(score),
-            type_logits=types.log(),
-            embedding=torch.zeros(b, 1),
-            defect_types=list(self.defect_types),
-        )
 
-
-def load_images(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
-    """Reads and resizes images to ``(N, 3, H, W)`` float in [0, 1] (as the DataModule's eval transform)."""
-    from common.data.transforms import build_transform
-
-    t = build_transform(size, "none")
-    arrays = [t(image=read_image(p))["image"] for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, batch_size: int = 8,
-                 image_threshold: float = 0.5, pixel_threshold: float = 0.5) -> Path:
-    """Predicts image files or folders with an exported model, writing what ``lightning predict`` writes.
-
-    Returns:
-        The output folder (overlays/, maps/, predictions.jsonl, contact_sheet.png, summary.csv).
-    """
-    from types import SimpleNamespace
-
-    from common.prediction import ImagePrediction, PredictionWriter
-
+def input_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files of ``inputs`` (files, or folders searched recursively), sorted per folder."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -191,26 +203,72 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
             raise DataError(f"{item}: no such file or folder")
     if not files:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def image_loader(files: Sequence[Path], size: int | Sequence[int], object_name: str, batch_size: int) -> DataLoader:
+    """Batches of the files read and resized exactly as ``lightning predict`` reads them: the DataModule's
+    dataset (:class:`~common.data.dataset.DefectDataset`, :func:`~common.data.io.load_sample`) with its
+    evaluation transform (:func:`~common.data.transforms.build_transform` ``augment="none"``)."""
+    records = [SampleRecord(image_path=p, object_name=object_name, defect_type=NORMAL, is_anomalous=None)
+               for p in files]
+    dataset = DefectDataset(records, [NORMAL], [object_name], build_transform(size, "none"), on_error="mark")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+
+
+def _onnx_explain(predictor: OnnxPredictor, batch: Any, thresholds: dict[str, Any]) -> list:
+    """Explained predictions of one batch of readable images, decided as ``lightning predict`` decides."""
+    result = predictor(batch.image.numpy())
+    imgs = (batch.image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return explain_probabilities(result["anomaly_map"][:, 0], result["image_score"], result["type_probs"],
+                                 predictor.defect_types, imgs, batch.object_name, batch.path, **thresholds)
+
+
+def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, batch_size: int = 8,
+                 image_threshold: float | None = None, pixel_threshold: float | None = None) -> Path:
+    """Predicts image files or folders with an exported model, writing what ``lightning predict`` writes (same
+    image reading and resizing, same decisions and regions).
+
+    Args:
+        onnx_path: The exported file.
+        inputs: Image files or folders (searched recursively).
+        out_dir: Output folder.
+        batch_size: Images per onnxruntime call.
+        image_threshold: Overrides the exported (calibrated) image threshold.
+        pixel_threshold: Overrides the exported (calibrated) pixel threshold.
+
+    Returns:
+        The output folder (overlays/, maps/, predictions.jsonl, contact_sheet.png, summary.csv).
+    """
+    from types import SimpleNamespace
+
+    from common.prediction import PredictionWriter, predict_readable
+
+    files = input_files(inputs)
     predictor = OnnxPredictor(onnx_path)
+    thresholds = dict(predictor.thresholds)
+    for key, given in (("image", image_threshold), ("pixel", pixel_threshold)):
+        if given is not None:  # what the user gives wins
+            thresholds[f"{key}_threshold"] = float(given)
+            thresholds["threshold_mode" if key == "image" else "pixel_threshold_mode"] = "given"
     writer = PredictionWriter(str(out_dir))
     trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
     writer.on_predict_epoch_start(trainer, None)
-    for i in range(0, len(files), batch_size):
-        chunk, arrays, preds = [], [], []
-        for p in files[i : i + batch_size]:  # an unreadable file is listed in errors.csv, never stops the run
-            try:
-                arrays.append(load_images([p], predictor.image_size))
-                chunk.append(p)
-            except DataError as e:
-                preds.append(ImagePrediction.unreadable(str(p), str(e)))
-        if chunk:
-            images = torch.cat(arrays)
-            output = predictor.as_output(predictor(images.numpy()))
-            preds = explain_batch(output, images, [predictor.object_name] * len(chunk), [str(p) for p in chunk],
-                                  image_threshold=image_threshold, pixel_threshold=pixel_threshold) + preds
-        writer.write_on_batch_end(trainer, None, preds, None, None, i // batch_size)
+    for i, batch in enumerate(image_loader(files, predictor.image_size, predictor.object_name, batch_size)):
+        # an unreadable file is a placeholder listed in errors.csv; it never stops the run
+        preds = predict_readable(batch, lambda b: _onnx_explain(predictor, b, thresholds))
+        writer.write_on_batch_end(trainer, None, preds, None, None, i)
     writer.on_predict_epoch_end(trainer, None)
     return Path(out_dir)
+
+
+def export_module(module: Any, path: str | Path, image_size: int | Sequence[int],
+                  object_index: int | None = None) -> Path:
+    """Exports a :class:`~clipmdc.module.CLIPMDCModule`'s network with its decision thresholds (the calibrated
+    ones, or those given to the module) in the ONNX metadata."""
+    thresholds = module.decision_thresholds()
+    meta = {k: json.dumps(thresholds[k]) for k in THRESHOLD_KEYS}
+    return export_onnx(module.model, path, image_size, object_index, metadata=meta)
 
 
 def export_main(argv: Sequence[str]) -> None:
@@ -231,21 +289,29 @@ def export_main(argv: Sequence[str]) -> None:
     module.load_state_dict(state, strict=True)
     object_index = module.model.object_names.index(a.object) if a.object else None
     size = dm.image_size
-    path = export_onnx(module.model, a.out, size, object_index)
-    print(f"ONNX: {path} (input image (B, 3, {size}, {size}) in [0, 1]; vocabulary {module.model.defect_types})")
+    path = export_module(module, a.out, size, object_index)
+    t = module.decision_thresholds()
+    print(f"ONNX: {path} (input image (B, 3, {size}, {size}) in [0, 1]; vocabulary {module.model.defect_types}; "
+          f"image threshold {t['image_threshold']:.4g} ({t['threshold_mode']}), pixel threshold "
+          f"{t['pixel_threshold']:.4g} ({t['pixel_threshold_mode']}))")
     if a.torchscript:
         print(f"TorchScript: {export_torchscript(module.model, a.torchscript, size, object_index)}")
 
 
 def onnx_predict_main(argv: Sequence[str]) -> int:
-    """``defectfm onnx-predict --onnx model.onnx --input IMG_OR_DIR [...] --out DIR``."""
+    """``defectfm onnx-predict --onnx model.onnx --input IMG_OR_DIR [...] --out DIR [--image-threshold T]``; returns
+    the exit code (non-zero when some files could not be read)."""
     p = argparse.ArgumentParser(prog="defectfm onnx-predict", description="predict with an exported ONNX file")
     p.add_argument("--onnx", required=True)
     p.add_argument("--input", nargs="+", required=True, help="image files or folders")
     p.add_argument("--out", default="runs/onnx_predict")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-threshold", type=float, default=None,
+                   help="image decision threshold (default: the one stored in the file, calibrated at training)")
+    p.add_argument("--pixel-threshold", type=float, default=None,
+                   help="pixel region threshold (default: the one stored in the file)")
     a = p.parse_args(argv)
-    out = onnx_predict(a.onnx, a.input, a.out, a.batch_size)
+    out = onnx_predict(a.onnx, a.input, a.out, a.batch_size, a.image_threshold, a.pixel_threshold)
     print(f"predictions written to {out}")
     from common.prediction import EXIT_SOME_FAILED, count_errors
 

@@ -266,12 +266,17 @@ class CLIPMDC(nn.Module):
             defect_types=list(self.defect_types),
         )
 
-    def closest_prompts(self, embedding: torch.Tensor, object_id: torch.Tensor | None = None) -> list[str]:
+    def closest_prompts(
+        self, embedding: torch.Tensor, object_id: torch.Tensor | None = None, anomalous: torch.Tensor | None = None
+    ) -> list[str]:
         """The prompt of the current vocabulary nearest to each image embedding (for explanations).
 
         Args:
             embedding: ``(B, D)`` unit embeddings (``CLIPMDCOutput.embedding``).
             object_id: ``(B,)`` object indices; restricts each search to that object's prompts.
+            anomalous: ``(B,)`` bool image decisions; restricts each search to the defect prompts (defect types
+                and the class-agnostic anomalous prompts) or to the normal prompts, so that the prompt never
+                contradicts the decision.
 
         Returns:
             ``B`` prompts.
@@ -279,18 +284,22 @@ class CLIPMDC(nn.Module):
         p = self.prompts
         cache = getattr(self, "_prompt_cache", None)
         if cache is None or cache[0] is not p:
-            texts, owners = [], []
+            texts, owners, defect = [], [], []
             for o, per_object in enumerate(p.per_class):
-                for group in [*per_object, p.anomalous[o]]:
+                for c, group in enumerate([*per_object, p.anomalous[o]]):
                     texts += group
                     owners += [o] * len(group)
-            cache = (p, texts, torch.tensor(owners), self.text_encoder.encode(texts))  # (N, D)
+                    defect += [c > 0] * len(group)  # class 0 = the normal class
+            cache = (p, texts, torch.tensor(owners), torch.tensor(defect), self.text_encoder.encode(texts))  # (N, D)
             self._prompt_cache = cache
-        _, texts, owners, emb = cache
+        _, texts, owners, defect, emb = cache
         sims = embedding.detach().float().to(emb.device) @ emb.T  # (B, N)
         if object_id is not None:
             other = owners.to(sims.device)[None, :] != object_id.to(sims.device)[:, None]  # (B, N)
             sims = sims.masked_fill(other, float("-inf"))
+        if anomalous is not None:
+            wrong = defect.to(sims.device)[None, :] != anomalous.to(sims.device).bool()[:, None]  # (B, N)
+            sims = sims.masked_fill(wrong, float("-inf"))
         return [texts[int(i)] for i in sims.argmax(-1)]
 
     # ------------------------------------------------------------------ introspection

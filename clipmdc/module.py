@@ -16,14 +16,21 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 
-from clipmdc.explain import explain_batch
+from clipmdc.explain import decide, explain_batch
 from clipmdc.loss import CLIPMDCLoss
 from clipmdc.memory import NoNormalImagesError, image_ids
 from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import normalize_vocabulary
 from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
+from common.calibration import (
+    DecisionThresholds,
+    ImageThresholdCalibrator,
+    PixelThresholdCalibrator,
+    decision_rates,
+)
 from common.checkpoint import vocabulary as checkpoint_vocabulary
 from common.data.errors import DataError
 from common.data.types import DefectBatch
@@ -51,8 +58,13 @@ class CLIPMDCModule(L.LightningModule):
         metrics_mode: ``"exact"`` or ``"binned"`` pixel metrics (binned: memory independent of the test size).
         pixel_metrics: Compute pixel AUROC/AP/AUPRO (needs masks in val/test data).
         seed: Seed of the synthesis stream (offset by the process rank).
-        image_threshold: Image anomaly probability from which ``predict`` calls an image defective.
-        pixel_threshold: Pixel anomaly probability from which ``predict`` draws a defect region.
+        image_threshold: Image anomaly probability from which ``predict`` calls an image defective; ``None``
+            uses the threshold calibrated on the validation split (stored in the checkpoint; 0.5 before any
+            calibration). A number given here always wins.
+        pixel_threshold: Pixel anomaly probability from which ``predict`` draws a defect region; ``None`` as
+            for ``image_threshold``.
+        target_far: Target false-alarm rate of the calibration when the validation split holds only normal
+            images (with defects it is F1-optimal); see :mod:`common.calibration`.
     """
 
     def __init__(
@@ -69,8 +81,9 @@ class CLIPMDCModule(L.LightningModule):
         metrics_mode: str = "binned",
         pixel_metrics: bool = True,
         seed: int = 0,
-        image_threshold: float = 0.5,
-        pixel_threshold: float = 0.5,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        target_far: float = 0.01,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "loss", "synthesis", "optimizer", "scheduler"])
@@ -87,6 +100,10 @@ class CLIPMDCModule(L.LightningModule):
         self.image_threshold = image_threshold
         self.pixel_threshold = pixel_threshold
         self.pixel_metrics = pixel_metrics
+        self.thresholds = DecisionThresholds(target_far)  # calibrated values: buffers, in every checkpoint
+        self.val_image_calibration = ImageThresholdCalibrator(target_far)
+        self.val_pixel_calibration = PixelThresholdCalibrator(target_far)
+        self.test_image_decisions = ImageThresholdCalibrator(target_far)  # scores kept for rates at threshold
         image_metrics = anomaly_metrics(pixel=False)
         self.val_image_metrics = image_metrics.clone(prefix="val/")
         self.test_image_metrics = image_metrics.clone(prefix="test/")
@@ -296,27 +313,74 @@ class CLIPMDCModule(L.LightningModule):
         return output
 
     def validation_step(self, batch: DefectBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        output = self._eval_step(batch, "val")
+        known = batch.label >= 0  # (B,)
+        self.val_image_calibration.update(output.image_prob[known].float(), batch.label[known])
+        pixels = batch.has_mask.bool()  # (B,)
+        if pixels.any():
+            self.val_pixel_calibration.update(output.anomaly_prob[pixels].float(), batch.mask[pixels])
 
     def test_step(self, batch: DefectBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        output = self._eval_step(batch, "test")
+        known = batch.label >= 0  # (B,)
+        self.test_image_decisions.update(output.image_prob[known].float(), batch.label[known])
+
+    # ------------------------------------------------------------------ decisions (calibrated thresholds)
+    def on_validation_epoch_end(self) -> None:
+        """Calibrates the thresholds on this validation epoch (all DDP ranks' scores): F1-optimal when the split
+        holds defects, else at ``target_far`` on its normal images. Runs on every validation epoch, so that every
+        checkpoint (ModelCheckpoint saves after validation) carries the values of its own weights; not during
+        the sanity check."""
+        image, pixel = self.val_image_calibration.compute(), self.val_pixel_calibration.compute()
+        self.val_image_calibration.reset()
+        self.val_pixel_calibration.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.thresholds.set(image, pixel)
+        self.log_dict({"val/image_threshold": float(self.thresholds.image),
+                       "val/pixel_threshold": float(self.thresholds.pixel)})
+
+    def on_fit_end(self) -> None:
+        """Says so when no validation epoch calibrated the thresholds (no validation data)."""
+        if self.trainer.is_global_zero and self.decision_thresholds()["threshold_mode"] == "none":
+            rank_zero_warn(
+                "CLIP-MDC: no validation epoch ran, so the decision thresholds were not calibrated: predict decides "
+                "at 0.5. Give a validation split, or image_threshold / pixel_threshold."
+            )
+
+    def on_test_epoch_end(self) -> None:
+        """Logs the decision threshold and the false-alarm / miss rates of the test images at it (NaN when the
+        test data has no normal / no defective image)."""
+        scores, labels = self.test_image_decisions.collected()
+        self.test_image_decisions.reset()
+        threshold = self.decision_thresholds()["image_threshold"]
+        rates = decision_rates(scores, labels, threshold)
+        nan = float("nan")
+        self.log_dict({
+            "test/image_threshold": threshold,
+            "test/image_far": nan if rates["far"] is None else rates["far"],
+            "test/image_miss_rate": nan if rates["miss_rate"] is None else rates["miss_rate"],
+        })
+
+    def decision_thresholds(self) -> dict[str, Any]:
+        """The thresholds predict decides with (given ones win over calibrated ones) and their modes; see
+        :meth:`common.calibration.DecisionThresholds.resolve`."""
+        return self.thresholds.resolve(self.image_threshold, self.pixel_threshold)
 
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
-        """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`)."""
+        """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`).
+
+        The closest prompt is searched among the defect prompts for an image called anomalous and among the
+        normal prompts for one called normal, so it never contradicts the decision."""
         if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
             return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
         object_ids = self._object_ids(batch)
         output = self.model(batch.image, object_ids)
-        prompts = self.model.closest_prompts(output.embedding, object_ids)
-        return explain_batch(
-            output,
-            batch.image,
-            batch.object_name,
-            batch.path,
-            image_threshold=self.image_threshold,
-            pixel_threshold=self.pixel_threshold,
-            closest_prompts=prompts,
-        )
+        thresholds = self.decision_thresholds()
+        anomalous = decide(output.image_prob, thresholds["image_threshold"], len(output.defect_types))  # (B,)
+        prompts = self.model.closest_prompts(output.embedding, object_ids, anomalous=anomalous)
+        return explain_batch(output, batch.image, batch.object_name, batch.path, closest_prompts=prompts,
+                             **thresholds)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

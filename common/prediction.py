@@ -27,6 +27,8 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from common.data.errors import DataError
+from common.data.io import read_image
 from common.data.types import DefectBatch
 from common.viz.overlay import contact_sheet, overlay
 
@@ -50,6 +52,8 @@ class ImagePrediction:
             0 = background), or ``None`` for models that give only an anomaly map.
         error: Why the file could not be read (one line naming it); ``None`` for a real prediction. The writer
             lists such entries in ``errors.csv`` instead of writing pictures.
+        region_mask: ``(H, W)`` bool pixels of the reported regions, outlined on the overlay instead of the
+            ``threshold`` level (all False for an image called normal), or ``None``.
     """
 
     path: str
@@ -59,6 +63,7 @@ class ImagePrediction:
     record: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     label_map: np.ndarray | None = None
+    region_mask: np.ndarray | None = None
     error: str | None = None
 
     @classmethod
@@ -115,10 +120,17 @@ class PredictionWriter(BasePredictionWriter):
     JSON object per image, naming its files), ``contact_sheet.png``, ``summary.csv``, and ``errors.csv``
     (``path,reason``, one row per file that could not be read; header only when all were read).
 
+    Overlays are drawn on the original image file, at its own size and aspect ratio (the anomaly map, computed at
+    the model's input size, is resized back to it; sides above ``overlay_max_side`` are scaled down), titled with
+    the file name. The contact sheet shows the defective images first, then the normal ones, each group by
+    decreasing anomaly score; each tile is labelled with the file name, the decision, the defect type and the
+    score, framed red (defective) or green (normal).
+
     Args:
         output_dir: Folder to write into (created).
-        contact_sheet_max: At most this many overlays go on the contact sheet.
+        contact_sheet_max: At most this many overlays go on the contact sheet (the first in the order above).
         csv_fields: Keys of each record copied into the CSV (missing keys stay empty).
+        overlay_max_side: Longest overlay side in pixels (``None``: the original size).
     """
 
     def __init__(
@@ -126,15 +138,17 @@ class PredictionWriter(BasePredictionWriter):
         output_dir: str = "runs/predict",
         contact_sheet_max: int = 64,
         csv_fields: Sequence[str] = ("path", "object", "is_anomalous", "defect_type", "probability",
-                                     "anomaly_score", "num_regions", "area_percent", "explanation"),
+                                     "anomaly_score", "image_threshold", "threshold_mode", "num_regions",
+                                     "area_percent", "explanation"),
+        overlay_max_side: int | None = 1024,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.contact_sheet_max = contact_sheet_max
         self.csv_fields = list(csv_fields)
+        self.overlay_max_side = overlay_max_side
         self._count = 0
-        self._thumbs: list[np.ndarray] = []
-        self._captions: list[str] = []
+        self._sheet: list[tuple[tuple[bool, float, int], np.ndarray, str, tuple[int, int, int] | None]] = []
         self._rows: list[dict[str, Any]] = []
         self._errors: list[tuple[str, str]] = []
 
@@ -156,7 +170,7 @@ class PredictionWriter(BasePredictionWriter):
             (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
         self._jsonl = self.output_dir / f"predictions{self._suffix(trainer)}.jsonl"
         self._jsonl.write_text("")
-        self._count, self._thumbs, self._captions, self._rows, self._errors = 0, [], [], [], []
+        self._count, self._sheet, self._rows, self._errors = 0, [], [], []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         """Writes the files of one batch of :class:`ImagePrediction` s."""
@@ -168,7 +182,7 @@ class PredictionWriter(BasePredictionWriter):
                 continue
             stem = _safe_stem(pred.path, self._count)
             self._count += 1
-            over = overlay(pred.image, pred.anomaly_map, pred.threshold, pred.label)
+            over = self._overlay(pred)
             Image.fromarray(over).save(self.output_dir / "overlays" / f"{stem}.png")
             amap = np.clip(np.asarray(pred.anomaly_map, dtype=np.float64), 0, 1)
             Image.fromarray((amap * 65535).round().astype(np.uint16)).save(self.output_dir / "maps" / f"{stem}.png")
@@ -181,16 +195,56 @@ class PredictionWriter(BasePredictionWriter):
                 rec["mask"] = f"masks/{stem}.png"
             lines.append(json.dumps(rec, default=float))
             self._rows.append(rec)
-            if len(self._thumbs) < self.contact_sheet_max:
-                self._thumbs.append(over)
-                self._captions.append(pred.label)
+            self._add_tile(pred, over)
         with self._jsonl.open("a") as f:
             f.write("".join(line + "\n" for line in lines))
 
+    # ------------------------------------------------------------------ pictures
+    def _overlay(self, pred: ImagePrediction) -> np.ndarray:
+        """The overlay on the original image file at its own aspect ratio (the model-size image when the file
+        cannot be read again), titled with the file name."""
+        try:
+            base = read_image(pred.path)
+        except (DataError, OSError, ValueError):
+            base = pred.image
+        h, w = base.shape[:2]
+        if self.overlay_max_side is not None and max(h, w) > self.overlay_max_side:
+            f = self.overlay_max_side / max(h, w)
+            base = np.asarray(Image.fromarray(base).resize((max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS))
+        return overlay(base, pred.anomaly_map, pred.threshold, pred.label, region_mask=pred.region_mask,
+                       title=Path(pred.path).name)
+
+    def _add_tile(self, pred: ImagePrediction, over: np.ndarray, tile: int = 160) -> None:
+        """Keeps a thumbnail for the contact sheet when it ranks among the first ``contact_sheet_max``
+        (defective first, then by decreasing score)."""
+        rec = pred.record
+        anomalous = rec.get("is_anomalous")
+        score = rec.get("anomaly_score", rec.get("probability"))
+        score = float(score) if score is not None else float("nan")
+        key = (bool(anomalous), score if score == score else -1.0, -self._count)  # NaN last; ties: file order
+        if len(self._sheet) >= self.contact_sheet_max and key <= min(t[0] for t in self._sheet):
+            return
+        thumb = Image.fromarray(over)
+        thumb.thumbnail((tile, tile))
+        if anomalous is None:
+            decision, color = pred.label, None
+        elif anomalous:
+            decision, color = f"DEFECT: {rec.get('defect_type', '')}", (235, 70, 60)
+        else:
+            decision, color = "normal", (90, 200, 90)
+        threshold = rec.get("image_threshold")
+        detail = f"score {score:.3f}"
+        if threshold is not None and anomalous is not None:  # why this decision: score vs threshold
+            detail += f" {'>=' if anomalous else '<'} {threshold:.3f}"
+        self._sheet.append((key, np.asarray(thumb), f"{Path(pred.path).name}\n{decision}\n{detail}", color))
+        if len(self._sheet) > self.contact_sheet_max:
+            self._sheet.remove(min(self._sheet, key=lambda t: t[0]))
+
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         suffix = self._suffix(trainer)
-        if self._thumbs:
-            sheet = contact_sheet(self._thumbs, self._captions)
+        if self._sheet:
+            tiles = sorted(self._sheet, key=lambda t: t[0], reverse=True)
+            sheet = contact_sheet([t[1] for t in tiles], [t[2] for t in tiles], colors=[t[3] for t in tiles])
             Image.fromarray(sheet).save(self.output_dir / f"contact_sheet{suffix}.png")
         with (self.output_dir / f"summary{suffix}.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.csv_fields, extrasaction="ignore")

@@ -77,3 +77,43 @@ def test_prediction_writer(tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 4 and rows[3]["explanation"] == "e3"
     assert (out / "contact_sheet.png").is_file()
+
+
+def test_overlays_keep_the_image_aspect_and_the_sheet_puts_defects_first(tmp_path: Path) -> None:
+    """Overlays are drawn on the original file (its size and aspect ratio, named); the contact sheet shows the
+    defective images first, by decreasing score, then the normal ones, framed red / green."""
+    grey = {"a": 40, "b": 90, "c": 150, "d": 210}
+    sizes = {"a": (100, 200), "b": (120, 60), "c": (80, 80), "d": (50, 150)}  # (H, W)
+    decisions = {"a": (False, 0.4), "b": (True, 0.6), "c": (True, 0.9), "d": (False, 0.1)}
+    preds = []
+    for name, (h, w) in sizes.items():
+        path = tmp_path / "in" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), grey[name], np.uint8)).save(path)
+        anomalous, score = decisions[name]
+        region = np.zeros((32, 32), bool)
+        region[8:16, 8:16] = anomalous
+        preds.append(ImagePrediction(str(path), np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.float32),
+                                     "label", {"is_anomalous": anomalous, "anomaly_score": score,
+                                               "defect_type": "scratch" if anomalous else "good",
+                                               "image_threshold": 0.5}, region_mask=region))
+    writer = PredictionWriter(str(tmp_path / "pred"), contact_sheet_max=3)
+    trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
+    writer.on_predict_epoch_start(trainer, None)
+    writer.write_on_batch_end(trainer, None, preds, None, None, 0)
+    writer.on_predict_epoch_end(trainer, None)
+    out = tmp_path / "pred"
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for line, (h, w) in zip(lines, sizes.values(), strict=True):
+        over = np.asarray(Image.open(out / line["overlay"]))
+        assert over.shape == (h, w, 3)
+    b = np.asarray(Image.open(out / lines[1]["overlay"]))
+    assert (b[30:60, 15:30] == 255).all(axis=-1).any()  # the region (rows 8-16 of 32 -> 30-60 of 120) outlined
+    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+    tile, band = 160, 2 + 12 * 3
+    assert sheet.shape == (tile + band, 3 * tile, 3)  # 3 of 4 kept: the normal one with score 0.1 left out
+    centers = [int(sheet[tile // 2, c * tile + tile // 2, 0]) for c in range(3)]
+    order = ["c", "b", "a"]  # defective by decreasing score, then normal
+    assert np.argsort(centers).tolist() == np.argsort([grey[n] for n in order]).tolist()
+    frames = [tuple(sheet[tile // 2, c * tile]) for c in range(3)]
+    assert frames[0][0] > 200 and frames[1][0] > 200 and frames[2][1] > 150 > frames[2][0]  # red, red, green

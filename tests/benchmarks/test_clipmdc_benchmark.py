@@ -42,6 +42,20 @@ def test_quick_run_writes_results(tmp_path, capsys):
             assert 0.0 <= ours[key] <= 1.0, (regime, key)
         assert ours["vocabulary"][0] == "good" and len(ours["vocabulary"]) == 6
     assert res["supervised"]["clipmdc"]["shared_eval_max_abs_diff"] < 1e-6  # trainer.test == shared loop
+    for regime in bench.REGIMES:  # decisions at the thresholds calibrated on val, and ONNX == PyTorch
+        d, o = res[regime]["clipmdc"]["decisions"], res[regime]["clipmdc"]["onnx"]
+        normal_only = regime == "normal_only"
+        assert d["threshold_mode"] == ("far" if normal_only else "f1")
+        assert d["target_far"] == (0.01 if normal_only else None)
+        assert (d["calibration_images"]["anomalous"] == 0) == normal_only
+        assert 0.0 < d["image_threshold"] < 1.0 and d["test_image_threshold"] == pytest.approx(d["image_threshold"])
+        assert 0.0 <= d["test_far"] <= 1.0 and 0.0 <= d["test_miss_rate"] <= 1.0
+        assert o["images"] == sum(settings["split_counts"]["test"].values())
+        assert o["decision_agreement"] == 1.0 and o["region_agreement_1px"] == 1.0
+        assert o["region_agreement"] >= 0.75  # identical to the pixel but for the rare ~1e-6 border flip
+        assert o["max_abs_diff_map"] < 1e-4 and o["max_abs_diff_score"] < 1e-4
+        assert o["thresholds"]["image_threshold"] == d["image_threshold"]
+    assert acc["decisions_goal"]["met"] is True and acc["decisions_goal"]["not_met"] == []
     for regime, peer in bench.PEER_OF.items():
         theirs = res[regime][peer]
         assert all(0.0 <= theirs[k] <= 1.0 for k in METRICS)
@@ -71,6 +85,7 @@ def test_quick_run_writes_results(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert "Magnetic Tile" in printed and "I-AUROC" in printed and "CPU latency" in printed
+    assert "decisions at the calibrated thresholds" in printed and "test FAR" in printed
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

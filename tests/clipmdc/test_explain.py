@@ -52,4 +52,33 @@ def test_explain_batch_records() -> None:
     assert b["defect_type"] == "good" and not b["is_anomalous"] and b["regions"] == []
     assert b["explanation"] == "plate: no defect (p=0.90)"
     assert preds[0].image.shape == (40, 40, 3) and preds[0].image.dtype.name == "uint8"
-    assert preds[0].label == "hole 0.76"
+    assert preds[0].label == "DEFECT: hole, score 0.95"
+
+
+def test_an_image_called_anomalous_always_shows_a_region_a_normal_one_none() -> None:
+    """The reported failure: flagged images with ``regions: []`` when no pixel passed the pixel threshold."""
+    amap = torch.full((3, 1, 40, 40), 0.1)
+    amap[0, 0, 30:34, 4:9] = 0.3  # a faint peak in the lower left, below the pixel threshold
+    amap[1, 0, 5:15, 5:15] = 0.9  # a clear region
+    amap[1, 0, 30, 30] = 0.9  # and a speck under min_region_fraction
+    out = _output([0.95, 0.9, 0.2], [[0.5, 0.5]] * 3, amap)
+    preds = explain_batch(out, torch.rand(3, 3, 40, 40), ["plate"] * 3, ["a.png", "b.png", "c.png"],
+                          image_threshold=0.5, pixel_threshold=0.5, min_region_fraction=0.01)
+    faint, clear, normal = (p.record for p in preds)
+    assert faint["is_anomalous"] and faint["num_regions"] == 1 and faint["regions_below_pixel_threshold"]
+    assert faint["regions"][0]["box"] == (4, 30, 9, 34) and faint["regions"][0]["location"] == "lower left"
+    assert "in the lower left" in faint["explanation"]
+    assert clear["num_regions"] == 1 and not clear["regions_below_pixel_threshold"]  # the speck is dropped
+    assert preds[1].region_mask.sum() == 100 and not preds[1].region_mask[30, 30]
+    assert not normal["is_anomalous"] and normal["regions"] == [] and not preds[2].region_mask.any()
+    for r in (faint, clear, normal):
+        assert (r["image_threshold"], r["pixel_threshold"], r["threshold_mode"]) == (0.5, 0.5, "given")
+
+
+def test_regions_agree_up_to_a_border_pixel() -> None:
+    from clipmdc.explain import regions_agree
+
+    a = [{"box": (10, 10, 20, 30), "area": 150}]
+    assert regions_agree(a, [{"box": (10, 10, 21, 30), "area": 158}])  # one border pixel column more
+    assert not regions_agree(a, [{"box": (10, 10, 23, 30), "area": 150}])  # 3 px: another region
+    assert not regions_agree(a, a + a) and regions_agree([], [])

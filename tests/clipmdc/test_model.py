@@ -121,6 +121,18 @@ def test_closest_prompts_follow_the_vocabulary(model: CLIPMDC) -> None:
     assert "hole" in model.closest_prompts(model.text_encoder.encode(["a photo of a bottle with hole."]))[0]
 
 
+def test_closest_prompt_never_contradicts_the_decision(model: CLIPMDC) -> None:
+    """The reported failure: a normal image explained by "... with scratch" (and the reverse)."""
+    text = model.text_encoder.encode(["a photo of a bottle with scratch.", "a photo of a flawless bottle."])
+    assert model.closest_prompts(text, anomalous=torch.tensor([True, False])) == [
+        "a photo of a bottle with scratch.",
+        "a photo of a flawless bottle.",
+    ]
+    swapped = model.closest_prompts(text, anomalous=torch.tensor([False, True]))
+    normal = {t for group in model.prompts.per_class[0][:1] for t in group}
+    assert swapped[0] in normal and swapped[1] not in normal
+
+
 def test_vocabulary_without_defects_and_per_object_prompts() -> None:
     only_good = tiny(defect_types=["good"])
     _check_output(only_good(torch.rand(2, 3, 32, 32)), 2, 1, (32, 32))
