@@ -155,6 +155,11 @@ class CLIPMDC(nn.Module):
         return self.prompts.defect_types
 
     @property
+    def vocabulary(self) -> list[str]:
+        """Current vocabulary as entries: :attr:`defect_types` with ``"name: description"`` for described names."""
+        return self.prompts.entries
+
+    @property
     def object_names(self) -> list[str]:
         """Current object names."""
         return self.prompts.object_names
@@ -163,7 +168,8 @@ class CLIPMDC(nn.Module):
         """Replaces the vocabulary (open vocabulary: no retraining); embeddings are recomputed lazily.
 
         Args:
-            defect_types: Names, ``"good"`` first (added when missing).
+            defect_types: Names or ``"name: description"`` entries (the description is embedded, the name
+                reported), ``"good"`` first (added when missing).
             object_names: Object names; ``None`` keeps the current ones.
         """
         self.prompts = self.prompt_bank.build(defect_types, object_names or self.object_names)

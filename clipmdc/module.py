@@ -32,6 +32,7 @@ from common.calibration import (
     decision_rates,
 )
 from common.checkpoint import vocabulary as checkpoint_vocabulary
+from common.checkpoint import vocabulary_entries
 from common.data.errors import DataError
 from common.data.types import DefectBatch
 from common.encoders.frozen import expect_frozen_eval_modules
@@ -125,10 +126,11 @@ class CLIPMDCModule(L.LightningModule):
         > the model's default."""
         self._data_vocabulary = (data_types, data_objects)
         ckpt_types, ckpt_objects = self._checkpoint_vocabulary
-        types = normalize_vocabulary(self.defect_types or ckpt_types or data_types or self.model.defect_types)
+        entries = normalize_vocabulary(self.defect_types or ckpt_types or data_types or self.model.vocabulary)
         objects = list(self.object_names or ckpt_objects or data_objects or self.model.object_names)
-        if types != self.model.defect_types or objects != self.model.object_names:
-            self.model.set_vocabulary(types, objects)
+        if entries != self.model.vocabulary or objects != self.model.object_names:
+            self.model.set_vocabulary(entries, objects)
+        types = self.model.defect_types  # names ("name: description" entries embed the description)
         self._type_mapping = None
         if data_types is not None and list(data_types) != types:
             index = {name: i for i, name in enumerate(types)}
@@ -159,10 +161,10 @@ class CLIPMDCModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Records the vocabulary in ``checkpoint["defectfm"]`` (the text embeddings are recomputed from it)."""
-        checkpoint.setdefault("defectfm", {})["vocabulary"] = {
-            "defect_types": self.model.defect_types,
-            "object_names": self.model.object_names,
-        }
+        vocab = {"defect_types": self.model.defect_types, "object_names": self.model.object_names}
+        if self.model.prompts.descriptions:  # "name: description" entries: the words that were embedded
+            vocab["descriptions"] = dict(self.model.prompts.descriptions)
+        checkpoint.setdefault("defectfm", {})["vocabulary"] = vocab
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Takes the checkpoint's vocabulary (below the command line, above the data) unless resuming a fit, where
@@ -170,7 +172,7 @@ class CLIPMDCModule(L.LightningModule):
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         vocab = checkpoint_vocabulary(checkpoint)
         if vocab and not fitting:
-            self._checkpoint_vocabulary = (vocab.get("defect_types"), vocab.get("object_names"))
+            self._checkpoint_vocabulary = (vocabulary_entries(checkpoint), vocab.get("object_names"))
             self._configure_vocabulary(*self._data_vocabulary)
 
     # ------------------------------------------------------------------ normal-reference memory

@@ -17,10 +17,10 @@ Python: no tensors, no encoder. The filling and the ensemble embedding are the m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.data.types import NORMAL
-from common.data.vocabulary import normalize_vocabulary, readable
+from common.data.vocabulary import join_vocabulary, normalize_vocabulary, parse_vocabulary, readable
 from common.prompts import fill_templates
 
 TEMPLATES: tuple[str, ...] = (
@@ -72,12 +72,19 @@ class Prompts:
         object_names: ``O`` object names.
         per_class: ``per_class[o][c]`` = prompts of class ``c`` for object ``o``.
         anomalous: ``anomalous[o]`` = class-agnostic anomalous prompts for object ``o``.
+        descriptions: ``{name: description}`` of the described defect types (their prompts word the description).
     """
 
     defect_types: list[str]
     object_names: list[str]
     per_class: list[list[list[str]]]
     anomalous: list[list[str]]
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> list[str]:
+        """The vocabulary as entries (``"name: description"`` for described names)."""
+        return join_vocabulary(self.defect_types, self.descriptions)
 
 
 class PromptBank:
@@ -114,14 +121,15 @@ class PromptBank:
         self.defect_states = list(defect_states)
 
     def _fill(self, states: Sequence[str], obj: str, defect: str = "") -> list[str]:
-        phrases = [s.replace("{o}", readable(obj)).replace("{d}", readable(defect)) for s in states]
+        phrases = [s.replace("{o}", readable(obj)).replace("{d}", defect) for s in states]
         return fill_templates(self.templates, phrases)
 
-    def class_prompts(self, defect_type: str, object_name: str) -> list[str]:
-        """Prompts of one class for one object (normal phrases for ``"good"``)."""
+    def class_prompts(self, defect_type: str, object_name: str, description: str | None = None) -> list[str]:
+        """Prompts of one class for one object (normal phrases for ``"good"``); a ``description`` replaces the
+        name's words in the defect phrases."""
         if defect_type == NORMAL:
             return self._fill(self.normal_states, object_name)
-        return self._fill(self.defect_states, object_name, defect_type)
+        return self._fill(self.defect_states, object_name, description or readable(defect_type))
 
     def anomalous_prompts(self, object_name: str) -> list[str]:
         """Class-agnostic anomalous prompts for one object."""
@@ -131,14 +139,16 @@ class PromptBank:
         """All prompts of a vocabulary.
 
         Args:
-            defect_types: Defect-type names (``"good"`` is put first when missing).
+            defect_types: Defect-type entries, names or ``"name: description"`` (``"good"`` is put first when
+                missing).
             object_names: Object names (at least one; use a generic word like ``"object"`` when unknown).
         """
-        vocabulary = normalize_vocabulary(defect_types)
+        vocabulary, descriptions = parse_vocabulary(normalize_vocabulary(defect_types))
         objects = list(object_names) or ["object"]
         return Prompts(
             defect_types=vocabulary,
             object_names=objects,
-            per_class=[[self.class_prompts(d, o) for d in vocabulary] for o in objects],
+            per_class=[[self.class_prompts(d, o, descriptions.get(d)) for d in vocabulary] for o in objects],
             anomalous=[self.anomalous_prompts(o) for o in objects],
+            descriptions=descriptions,
         )

@@ -26,6 +26,7 @@ import lightning as L
 import torch
 
 from common.cli_errors import UsageError
+from common.data.vocabulary import join_vocabulary
 
 KEY = "defectfm"
 FORMAT = 1
@@ -108,10 +109,19 @@ def load_module(path: str | Path, init_args: Mapping[str, Any] | None = None) ->
     return module
 
 
-def vocabulary(ckpt: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The vocabulary the checkpoint's model used (``defect_types``, ``object_names``); empty when unknown."""
+def vocabulary(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The vocabulary the checkpoint's model used (``defect_types``, ``object_names`` lists and the
+    ``descriptions`` mapping of described names); empty when unknown."""
     vocab = info(ckpt).get("vocabulary") or ckpt.get("clipmdc_vocabulary") or {}  # the latter: older checkpoints
-    return {k: list(v) for k, v in vocab.items() if v}
+    return {k: dict(v) if isinstance(v, Mapping) else list(v) for k, v in vocab.items() if v}
+
+
+def vocabulary_entries(ckpt: Mapping[str, Any]) -> list[str] | None:
+    """The checkpoint's defect types as vocabulary entries (``"name: description"`` for described names,
+    :func:`common.data.vocabulary.join_vocabulary`); ``None`` when it records none."""
+    vocab = vocabulary(ckpt)
+    names = vocab.get("defect_types")
+    return join_vocabulary(names, vocab.get("descriptions")) if names else None
 
 
 def data_settings(datamodule: Any) -> dict[str, Any]:

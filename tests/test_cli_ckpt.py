@@ -85,6 +85,12 @@ def test_readme_open_vocabulary_command_adds_dent(trained: dict[str, Path], tmp_
     assert lines and all(list(x["type_probabilities"]) == ["good", "scratch", "hole", "stain", "dent"] for x in lines)
 
 
+def test_described_name_on_the_command_line_is_reported_by_its_name(trained: dict[str, Path], tmp_path: Path) -> None:
+    given = json.dumps(["good", "scratch", "hole", "stain", "dent: a shallow depression pressed into the surface"])
+    lines = lightning_predict(trained, tmp_path / "described", "--model.init_args.defect_types", given)
+    assert lines and all(list(x["type_probabilities"]) == ["good", "scratch", "hole", "stain", "dent"] for x in lines)
+
+
 def test_threshold_given_at_predict_changes_the_decisions(trained: dict[str, Path], tmp_path: Path) -> None:
     low = lightning_predict(trained, tmp_path / "low", "--model.init_args.image_threshold", "0.0")
     high = lightning_predict(trained, tmp_path / "high", "--model.init_args.image_threshold", "1.0")

@@ -18,7 +18,7 @@ sentences such as "free of defects: no scratches, holes..."), the pseudo-labels 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +51,12 @@ def class_phrase(name: str) -> str:
 
 
 def class_prompts(name: str, templates: Sequence[str] = TEMPLATES,
-                  background_prompts: Sequence[str] = BACKGROUND_PROMPTS) -> list[str]:
-    """The prompts of one class (background names get ``background_prompts``)."""
+                  background_prompts: Sequence[str] = BACKGROUND_PROMPTS, description: str | None = None) -> list[str]:
+    """The prompts of one class (background names get ``background_prompts``); a ``description`` (a vocabulary
+    entry ``"name: description"``) is worded instead of the name's phrase."""
     if name.lower() in BACKGROUND_NAMES:
         return list(background_prompts)
-    return fill_templates(templates, [class_phrase(name)])
+    return fill_templates(templates, [description or class_phrase(name)])
 
 
 def default_lexicon(names: Sequence[str] = ()) -> dict[str, str]:
@@ -155,9 +156,12 @@ class OpenVocabClassifier(nn.Module):
         return 1.0 / self.scale
 
     @torch.no_grad()
-    def encode_names(self, names: Sequence[str]) -> torch.Tensor:
-        """Class embeddings of ``names`` (prompt ensemble), ``(K, D)`` L2-normalised, on the encoder's device."""
-        return prompt_ensemble(self.encoder, [class_prompts(n, self.templates, self.background_prompts) for n in names])
+    def encode_names(self, names: Sequence[str], descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+        """Class embeddings of ``names`` (prompt ensemble), ``(K, D)`` L2-normalised, on the encoder's device;
+        a name in ``descriptions`` is embedded through its description."""
+        descriptions = descriptions or {}
+        return prompt_ensemble(self.encoder, [class_prompts(n, self.templates, self.background_prompts,
+                                                            descriptions.get(n)) for n in names])
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

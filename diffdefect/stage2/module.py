@@ -103,7 +103,7 @@ class Stage2Module(L.LightningModule):
                                             self.test_classes, self._checkpoint_names)
         self._row = {w: i for i, w in enumerate(self.vocab.words)}
         device = self.model.classifier.void_embedding.device
-        self.register_buffer("word_text", self.model.classifier.encode_names(self.vocab.words).to(device),
+        self.register_buffer("word_text", self.model.classifier.encode_names(self.vocab.words, self.vocab.descriptions).to(device),
                              persistent=False)  # (W, D)
         base = self.names["train"][1:]
         self.metrics = torch.nn.ModuleDict({s: Stage2Metrics(self.names[s], base, self.metrics_mode,

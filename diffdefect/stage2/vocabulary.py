@@ -17,15 +17,15 @@ once per setup.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from common.checkpoint import KEY
-from common.checkpoint import vocabulary as recorded_vocabulary
+from common.checkpoint import vocabulary_entries
 from common.data.types import NORMAL
-from common.data.vocabulary import id_mapping
+from common.data.vocabulary import id_mapping, parse_vocabulary
 from diffdefect.stage2.classifier import default_lexicon
 
 STAGES = ("train", "val", "test", "predict")
@@ -40,12 +40,15 @@ class Stage2Vocabulary:
         maps: ``{stage: (K_data,) int64 model id per data id}``, ``None`` where the data ids are the model's.
         lexicon: Caption phrase -> canonical name.
         words: Every name of ``names`` and ``lexicon`` (sorted, no repeats).
+        descriptions: ``{name: description}`` of names given as ``"name: description"`` entries: the description
+            is what the text encoder embeds, the name what is reported.
     """
 
     names: dict[str, list[str]]
     maps: dict[str, torch.Tensor | None]
     lexicon: dict[str, str]
     words: list[str]
+    descriptions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, data_names: Sequence[str] | None, vocabulary: Sequence[str] | None = None,
@@ -60,17 +63,23 @@ class Stage2Vocabulary:
             test_classes: Classes named at test / predict time (default: all but the background).
             checkpoint_names: The names a loaded checkpoint recorded, overriding the data's.
         """
-        names = list(vocabulary or checkpoint_names or data_names or [NORMAL])
+        names, descriptions = parse_vocabulary(vocabulary or checkpoint_names or data_names or [NORMAL])
+        train_names, train_described = parse_vocabulary(train_classes or [])
+        test_names, test_described = parse_vocabulary(test_classes or [])
+        for extra in (train_described, test_described):
+            for name, text in extra.items():
+                if descriptions.setdefault(name, text) != text:
+                    raise ValueError(f"class {name!r} has two descriptions: {descriptions[name]!r} and {text!r}")
         background = NORMAL if NORMAL in names else names[0]
         rest = [n for n in names if n != background]
-        train = [background] + [n for n in (train_classes or rest) if n != background]
-        test = [background] + [n for n in (test_classes or rest) if n != background]
+        train = [background] + [n for n in (train_names or rest) if n != background]
+        test = [background] + [n for n in (test_names or rest) if n != background]
         per_stage = {"train": train, "val": train, "test": test, "predict": test}
         data = list(data_names) if data_names else None
         maps = {s: id_mapping(data, v) if data and data != v else None for s, v in per_stage.items()}
         lexicon = default_lexicon(names)  # caption nouns: the inspection terms and the data's class names
         words = sorted({*train, *test, *lexicon.values()})
-        return cls(per_stage, maps, lexicon, words)
+        return cls(per_stage, maps, lexicon, words, descriptions)
 
     def save(self, checkpoint: dict[str, Any]) -> None:
         """Records the names in ``checkpoint`` (every name, background first, as ``defect_types`` in
@@ -79,8 +88,11 @@ class Stage2Vocabulary:
         checkpoint["stage2_vocabulary"] = dict(self.names)
         every = list(dict.fromkeys([*self.names["train"], *self.names["test"]]))
         checkpoint.setdefault(KEY, {})["vocabulary"] = {"defect_types": every}
+        if self.descriptions:  # "name: description" entries: the words that were embedded
+            checkpoint[KEY]["vocabulary"]["descriptions"] = dict(self.descriptions)
 
 
 def checkpoint_names(checkpoint: Mapping[str, Any]) -> list[str] | None:
-    """The class names :meth:`Stage2Vocabulary.save` recorded in ``checkpoint`` (``None`` when it has none)."""
-    return recorded_vocabulary(checkpoint).get("defect_types")
+    """The class names :meth:`Stage2Vocabulary.save` recorded in ``checkpoint``, described ones as ``"name:
+    description"`` entries (``None`` when it has none)."""
+    return vocabulary_entries(checkpoint)
