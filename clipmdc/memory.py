@@ -144,13 +144,16 @@ class NormalMemory(nn.Module):
             out.append(m)
         return torch.cat(out, 1)  # (B, C, h, w)
 
-    def forward(self, tokens: Sequence[torch.Tensor], exclude: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: Sequence[torch.Tensor], exclude: torch.Tensor | None = None,
+                object_id: torch.Tensor | None = None) -> torch.Tensor:
         """Distance map.
 
         Args:
             tokens: The frozen image encoder's token maps ``[(B, C_l, h_l, w_l)]``.
             exclude: ``(B,)`` image ids (:func:`image_ids`) whose own bank entries are ignored (training);
                 ``None`` at test time.
+            object_id: Ignored: one bank serves every object (:class:`~clipmdc.object_memory.ObjectMemory` keeps
+                one per object).
 
         Returns:
             ``(B, 1, h, w)`` nearest-neighbour distance divided by :attr:`scale` (about 1 on normal patches);
@@ -175,8 +178,8 @@ class NormalMemory(nn.Module):
         """Fills the bank from normal images.
 
         Args:
-            batches: ``(tokens, ids)`` pairs: the encoder's token maps of a batch of normal images and their
-                :func:`image_ids`.
+            batches: ``(tokens, ids[, object ids])``: the encoder's token maps of a batch of normal images and
+                their :func:`image_ids` (object ids, when given, are not used: one bank for every object).
             sample: Patches used to estimate :attr:`scale` (their leave-one-image-out nearest-neighbour
                 distance, averaged).
             progress: Show a progress bar over the coreset selection.
@@ -188,7 +191,7 @@ class NormalMemory(nn.Module):
             NoNormalImagesError: No patches were given (no normal training image).
         """
         feats, owners = [], []
-        for tokens, ids in batches:
+        for tokens, ids, *_ in batches:  # (tokens, ids[, object ids])
             f = self.features(tokens)  # (B, C, h, w)
             hw = f.shape[-2] * f.shape[-1]
             feats.append(f.flatten(2).transpose(1, 2).reshape(-1, f.shape[1]).cpu())  # (B*h*w, C)

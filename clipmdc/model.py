@@ -238,7 +238,7 @@ class CLIPMDC(nn.Module):
 
         prior = prior / len(adapted)  # (B, 1, h, w) zero-shot anomaly logit, mean over layers
         if self.memory is not None:
-            distance = up(self.memory(feats.tokens, exclude=image_ids).to(prior.dtype))  # (B, 1, h, w)
+            distance = up(self.memory(feats.tokens, exclude=image_ids, object_id=object_id).to(prior.dtype))  # (B, 1, h, w)
             evidence.append(distance.clamp_min(1e-3).log())  # (B, 1, h, w) log-distance channel
             prior = prior + self.memory_weight * (distance - 1.0)
         local = self.backbone(image) if self.backbone is not None else []  # [(B, C_j, H_j, W_j)]

@@ -235,8 +235,8 @@ class CLIPMDCModule(L.LightningModule):
 
     @torch.no_grad()
     def _normal_tokens(self, loader: Any, gather: bool, limit: int | None = None) -> Any:
-        """Yields ``(tokens, image ids)`` of the normal images of one pass over ``loader`` (with ``gather``, all
-        DDP ranks' images, so every rank builds the same bank), stopping after ``limit`` images."""
+        """Yields ``(tokens, image ids, object ids)`` of the normal images of one pass over ``loader`` (with
+        ``gather``, all DDP ranks' images, so every rank builds the same bank), stopping after ``limit`` images."""
         from tqdm.auto import tqdm
 
         seen = 0
@@ -248,17 +248,18 @@ class CLIPMDCModule(L.LightningModule):
             normal = batch.label == 0  # (B,)
             tokens = self.model.image_encoder(batch.image).tokens
             ids = image_ids(batch.path).to(self.device)
-            tokens, ids = [t[normal] for t in tokens], ids[normal]
+            objects = self._object_ids(batch)
+            tokens, ids, objects = [t[normal] for t in tokens], ids[normal], objects[normal]
             if gather:  # ragged across ranks: gather as objects
                 gathered: list[Any] = [None] * self.trainer.world_size
-                torch.distributed.all_gather_object(gathered, ([t.cpu() for t in tokens], ids.cpu()))
+                torch.distributed.all_gather_object(gathered, ([t.cpu() for t in tokens], ids.cpu(), objects.cpu()))
                 tokens = [torch.cat([g[0][i] for g in gathered]) for i in range(len(tokens))]
-                ids = torch.cat([g[1] for g in gathered])
+                ids, objects = torch.cat([g[1] for g in gathered]), torch.cat([g[2] for g in gathered])
             if limit is not None and seen + len(ids) > limit:
-                tokens, ids = [t[: limit - seen] for t in tokens], ids[: limit - seen]
+                tokens, ids, objects = [t[: limit - seen] for t in tokens], ids[: limit - seen], objects[: limit - seen]
             seen += len(ids)
             if len(ids):
-                yield tokens, ids
+                yield tokens, ids, objects
 
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor, object_id: torch.Tensor | None = None) -> CLIPMDCOutput:
