@@ -201,6 +201,8 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
     "onnx-predict": (_lazy("clipmdc.export", "onnx_predict_main"), "predict image files/folders with an ONNX file"),
     "captions": (_lazy("diffdefect.stage1.captions", "main"), "build an image-text manifest with templated captions"),
     "corpus": (_lazy("common.data.corpus", "main"), "consolidate reader configs into one multi-domain corpus"),
+    "newline": (_lazy("clipmdc.newline", "newline_main"), "a new product line from good images on a CLIP-MDC "
+                "checkpoint: its memory and thresholds, no gradient step"),
     "precompute": (_lazy("diffdefect.stage1.precompute", "main"), "encode images/captions once into latent shards"),
     "sample": (_lazy("diffdefect.stage1.sampling", "main"), "generate images from text with a stage-1 checkpoint"),
 }

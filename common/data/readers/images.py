@@ -28,6 +28,8 @@ class ImageFilesReader(Reader):
         object_name: Object name of every image; ``None``: the folder nearest to the image on its path that is one
             of ``object_names`` (e.g. ``plate`` for ``.../plate/test/000.png``), else ``"object"``.
         object_names: Object names to look for on the image paths (e.g. a model's objects).
+        defect_free: Every image is a known defect-free sample (a folder of good images, e.g. a new line's
+            normal memory); by default the images are unlabelled.
 
     Raises:
         DataError: An input is missing or not an image, or no image is found at all.
@@ -43,12 +45,18 @@ class ImageFilesReader(Reader):
         recursive: bool = True,
         object_name: str | None = None,
         object_names: Sequence[str] | None = None,
+        defect_free: bool = False,
     ) -> None:
         super().__init__(root)
+        self.defect_free = defect_free
         self.files = [str(f) for f in files] if files else None
         self.recursive = recursive
         self.object_name = object_name
         self.object_names = list(object_names or [])
+
+    @property
+    def _label(self) -> bool | None:
+        return False if self.defect_free else None  # is_anomalous: known good, or unknown
 
     def inputs(self) -> list[Path]:
         """The folders and files to list."""
@@ -71,9 +79,9 @@ class ImageFilesReader(Reader):
                     where = " or its sub-folders" if self.recursive else ""
                     raise DataError(f"{item}: no images in the folder{where} (looked for "
                                     f"{', '.join(IMAGE_EXTENSIONS)}; hidden and system files are ignored)")
-                records += [SampleRecord(p, self._object(p), NORMAL, None) for p in images]
+                records += [SampleRecord(p, self._object(p), NORMAL, self._label) for p in images]
             elif is_image_file(item):
-                records.append(SampleRecord(item, self._object(item), NORMAL, None))
+                records.append(SampleRecord(item, self._object(item), NORMAL, self._label))
             else:
                 raise DataError(f"input {item} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         return list({r.image_path.resolve(): r for r in records}.values())  # an image named twice is predicted once
