@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="defectfm newline", description="a new product line from good images only: build its "
                 "normal memory on a (generalist) CLIP-MDC checkpoint, calibrate its thresholds, write a checkpoint")
     p.add_argument("--ckpt_path", required=True, help="a CLIP-MDC checkpoint (e.g. the generalist's)")
-    p.add_argument("--good", required=True, help="folder of the new product's defect-free images (walked recursively)")
+    p.add_argument("--good", nargs="+", required=True, help="folders of the new product's defect-free images "
+                   "(walked recursively) and/or image files")
     p.add_argument("--object", required=True, help="the new product's object name (worded in its prompts)")
     p.add_argument("--out", required=True, help="the checkpoint to write")
     p.add_argument("--defect_types", default=None, help='defect names it should know, e.g. "[good,crack,scratch]" '
@@ -88,21 +89,24 @@ class GoodImages(Reader):
     fine-tunes), ``val`` calibrates; ``test`` repeats ``val`` only because a DataModule needs one (never tested).
 
     Args:
-        root: The folder (walked recursively).
+        root: The folder (walked recursively); with ``files``, the folder they are relative to.
         object_name: The object of every image.
         calibration_fraction: Fraction held out for calibration (at least one image).
         seed: Seed of the split.
+        files: Further folders or image files (relative to ``root`` or absolute).
     """
 
     layout = "good images"
     expected = ImageFilesReader.expected
 
-    def __init__(self, root: str | Path, object_name: str, calibration_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(self, root: str | Path, object_name: str, calibration_fraction: float = 0.2, seed: int = 0,
+                 files: Sequence[str] | None = None) -> None:
         super().__init__(root)
         self.object_name, self.calibration_fraction, self.seed = object_name, calibration_fraction, seed
+        self.files = files
 
     def _list(self) -> list[SampleRecord]:
-        good = ImageFilesReader(self.root, object_name=self.object_name, defect_free=True).records()
+        good = ImageFilesReader(self.root, self.files, object_name=self.object_name, defect_free=True).records()
         if len(good) < 2:
             raise DataError(f"{self.root}: {len(good)} image; newline needs at least 2 (memory and calibration)")
         memory, calibration = stratified_split(good, (1.0 - self.calibration_fraction, self.calibration_fraction),
@@ -118,7 +122,9 @@ def good_data(ckpt: dict[str, Any], a: argparse.Namespace, augment: str = "none"
         raise UsageError(f"--ckpt_path {a.ckpt_path}: the checkpoint records no image size; give --image_size")
     if not 0.0 < a.calibration_fraction < 1.0:
         raise UsageError(f"--calibration_fraction must be in (0, 1), got {a.calibration_fraction}")
-    reader = GoodImages(a.good, a.object, a.calibration_fraction, a.seed)
+    single = len(a.good) == 1
+    reader = GoodImages(a.good[0] if single else ".", a.object, a.calibration_fraction, a.seed,
+                        None if single else [str(Path(g).absolute()) for g in a.good])
     data = DefectDataModule(reader, image_size=image_size, batch_size=a.batch_size, num_workers=a.num_workers,
                             split="auto", seed=a.seed, augment=augment)
     data.setup("fit")  # DataError (one line) for a missing folder or one without images
