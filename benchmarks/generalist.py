@@ -38,7 +38,7 @@ from benchmarks._common import machine_info, print_table, write_results
 ARMS = ("generalist", "generalist_ft", "patchcore", "indomain")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
 HELD_OUT = ("magnetic_tile", "pv_el_crackseg", "deeppcb", "demo")
-FULL = {"per_domain": 96, "val": 16, "test": 64, "image_size": 128, "epochs": 3, "finetune_epochs": 1,
+FULL = {"per_domain": 64, "val": 16, "test": 48, "image_size": 128, "epochs": 3, "finetune_epochs": 1,
         "indomain_epochs": 4, "batch_size": 16, "preset": "offline_real", "coreset_ratio": 0.05}
 QUICK = {"per_domain": 8, "val": 2, "test": 6, "image_size": 64, "epochs": 1, "finetune_epochs": 1,
          "indomain_epochs": 1, "batch_size": 8, "preset": "tiny", "coreset_ratio": 0.5}
