@@ -230,6 +230,9 @@ PRODUCES = {  # an output later commands read -> how to recognise the README com
     and "debug.yaml" not in c,
     "runs/stage2/checkpoints/last.ckpt": lambda c: c.startswith("lightning fit --config configs/diffdefect/stage2_")
     and "debug.yaml" not in c,
+    "corpus/manifest.jsonl": lambda c: c.startswith("defectfm corpus") and "--out corpus" in c,
+    "runs/generalist/checkpoints/last.ckpt": lambda c: c.startswith("lightning fit --config configs/clipmdc/generalist"),
+    "runs/bracket.ckpt": lambda c: c.startswith("defectfm newline") and "runs/bracket.ckpt" in c,
 }
 
 

@@ -105,3 +105,28 @@ def test_fit_builds_one_bank_per_object_of_the_data(tmp_path) -> None:
     owners = {obj: set(memory.owner[memory.bank_object == obj].tolist()) for obj in (0, 1)}
     assert owners[0] == set(image_ids(["0_img_0.png", "1_img_0.png"]).tolist())
     assert owners[1] == set(image_ids(["0_img_2.png", "1_img_2.png"]).tolist())
+
+
+def test_onnx_export_of_one_object_carries_its_own_memory(tmp_path) -> None:
+    import numpy as np
+
+    from clipmdc.export import ExportWrapper, OnnxPredictor, export_onnx
+
+    size = 32
+    torch.manual_seed(0)
+    model = tiny(defect_types=["good", "scratch"], object_names=["plate", "wood"], per_object_prompts=True,
+                 memory=ObjectMemory(coreset_ratio=0.5)).eval()
+    g = torch.Generator().manual_seed(2)
+    plate, wood = torch.rand(3, 3, size, size, generator=g), 0.5 * torch.rand(3, 3, size, size, generator=g)
+    with torch.no_grad():
+        model.memory.build([(model.image_encoder(plate).tokens, image_ids(["p0", "p1", "p2"]), torch.zeros(3).long()),
+                            (model.image_encoder(wood).tokens, image_ids(["w0", "w1", "w2"]), torch.ones(3).long())])
+    path = export_onnx(model, tmp_path / "wood.onnx", size, object_index=1)
+    x = torch.rand(2, 3, size, size, generator=g)
+    got = OnnxPredictor(path)(x.numpy())
+    with torch.no_grad():
+        ref = ExportWrapper(model, 1)(x)
+        other = ExportWrapper(model, 0)(x)
+    for name, r in zip(("anomaly_map", "image_score", "type_probs"), ref, strict=True):
+        assert np.abs(got[name] - r.numpy()).max() <= 1e-4, name
+    assert not torch.allclose(ref[0], other[0])  # the wood graph measures against wood's normals, not plate's
