@@ -8,8 +8,9 @@ every arm, same held-out test split, same ImageNet EfficientNet-Lite0 weights:
     anomalies on the normals, supervised on real masks) trained on the OTHER domains, then ``defectfm newline``'s
     memory built from the held-out domain's normal training images: no gradient step;
 (b) ``generalist_ft``: (a) plus newline's short normal-only fine-tune on the same normal images;
-(c) ``patchcore``: anomalib PatchCore on the held-out domain's normal training images;
-(d) ``indomain``: CLIP-MDC normal-only (NormalMemory + Perlin anomalies) trained on those normal images.
+(c) ``patchcore``: anomalib PatchCore on the held-out domain's normal training images (one per object);
+(d) ``indomain``: the same CLIP-MDC (per-object prompts and memory, Perlin anomalies) trained normal-only on those
+    normal images alone.
 
 Metrics: :func:`benchmarks.clipmdc.evaluate` (the shared metric code: I-AUROC, P-AUROC, AUPRO, AP_loc = pixel AP),
 averaged over the held-out domains. Defect-type accuracy of (a)/(b) with the held-out domain's own defect names as
@@ -37,7 +38,7 @@ from benchmarks._common import machine_info, print_table, write_results
 
 ARMS = ("generalist", "generalist_ft", "patchcore", "indomain")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
-HELD_OUT = ("demo", "magnetic_tile", "pv_el_crackseg", "deeppcb")
+HELD_OUT = ("magnetic_tile", "pv_el_crackseg", "deeppcb", "demo")
 FULL = {"per_domain": 48, "val": 16, "test": 40, "image_size": 96, "epochs": 2, "finetune_epochs": 1,
         "indomain_epochs": 3, "batch_size": 16, "preset": "offline_real", "coreset_ratio": 0.05}
 QUICK = {"per_domain": 8, "val": 2, "test": 6, "image_size": 64, "epochs": 1, "finetune_epochs": 1,
@@ -148,35 +149,61 @@ def newline(ckpt: Path, good: list[str], obj: str, out: Path, finetune_epochs: i
     return time.perf_counter() - start
 
 
-def clipmdc_predict(ckpt: Path, obj: str, names: list[str]) -> Any:
-    """``images -> (scores, maps, type logits)`` of a CLIP-MDC checkpoint for one object, with ``names``."""
+class ObjectsOf:
+    """Iterates a loader and remembers the object names of the batch last yielded: the shared ``evaluate`` hands
+    ``predict`` images only, and a domain may hold several objects (the demo: plate and fabric)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.names = loader, []
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            self.names = list(batch.object_name)
+            yield batch
+
+
+def clipmdc_predict(ckpt: Path, objects: ObjectsOf, names: list[str]) -> Any:
+    """``images -> (scores, maps, type logits)`` of a CLIP-MDC checkpoint, each image with its own object (from
+    ``objects``), with the vocabulary ``names``."""
     from common.checkpoint import load_module
 
     module = load_module(ckpt, {"defect_types": names}).eval()
     module._configure_vocabulary(None, None)  # the names given win (no DataModule here)
-    object_id = module.model.object_names.index(obj) if obj in module.model.object_names else -1
+    index = {n: i for i, n in enumerate(module.model.object_names)}
 
     @torch.no_grad()
     def predict(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = module.model(image, torch.full((len(image),), object_id, dtype=torch.long))
+        ids = torch.tensor([index.get(n, -1) for n in objects.names], dtype=torch.long)
+        out = module.model(image, ids)
         # logits, not probabilities: the same ranking, without the ties of a sigmoid saturated at 1.0 in float32
         return out.image_score, out.anomaly_map, out.type_logits
 
     return predict
 
 
-def patchcore_predict(train: Any, cfg: dict[str, Any]) -> tuple[Any, float]:
-    """anomalib PatchCore (same Lite0 weights) on the normal training images; returns predict and seconds."""
+def patchcore_predict(train: Any, objects: ObjectsOf, cfg: dict[str, Any]) -> tuple[Any, float]:
+    """anomalib PatchCore (same Lite0 weights), one per object as anomalib users run it, on the normal training
+    images; returns predict (each image by its object's model) and the seconds."""
     from benchmarks.peers import PatchCorePeer
 
-    peer = PatchCorePeer(coreset_ratio=cfg["coreset_ratio"])
+    by_object: dict[str, list] = {}
+    for batch in train.train_dataloader():
+        for obj in sorted(set(batch.object_name)):
+            by_object.setdefault(obj, []).append(batch.select([i for i, n in enumerate(batch.object_name) if n == obj]))
     start = time.perf_counter()
-    peer.fit(train.train_dataloader(), log=_log)
+    peers = {}
+    for obj, batches in by_object.items():
+        peers[obj] = PatchCorePeer(coreset_ratio=cfg["coreset_ratio"])
+        peers[obj].fit(batches, log=_log)
     seconds = time.perf_counter() - start
 
     @torch.no_grad()
     def predict(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        scores, maps = peer(image)
+        scores, maps = torch.zeros(len(image)), torch.zeros(len(image), 1, *image.shape[-2:])
+        for obj, peer in peers.items():
+            rows = torch.tensor([n == obj for n in objects.names])
+            if rows.any():
+                scores[rows], maps[rows] = peer(image[rows])
         return scores, maps, None
 
     return predict, seconds
@@ -201,40 +228,43 @@ def run_domain(held: str, subsets: dict[str, dict[str, list[dict]]], cfg: dict[s
     """The four arms on one held-out domain (module docstring)."""
     mine = subsets[held]
     others = {d: s for d, s in subsets.items() if d != held}
-    obj = mine["test"][0]["object"]
+    objects = sorted({x["object"] for x in mine["train"] if x["label"] == 0})
     names = ["good", *sorted({x["defect_type"] for x in mine["test"] if x["label"] != 0})]
     trained_names = {x["defect_type"] for s in others.values() for lines in s.values() for x in lines}
-    good = [x["image"] for x in mine["train"] if x["label"] == 0]
+    good = {o: [x["image"] for x in mine["train"] if x["label"] == 0 and x["object"] == o] for o in objects}
     test = datamodule(mine["train"] + mine["val"] + mine["test"], work / f"{held}_test.jsonl", cfg)
     test.setup("test")
-    loader = test.test_dataloader()
-    out: dict[str, Any] = {"object": obj, "names": names, "normal_train_images": len(good),
+    loader = ObjectsOf(test.test_dataloader())
+    out: dict[str, Any] = {"objects": objects, "names": names,
+                           "normal_train_images": {o: len(g) for o, g in good.items()},
                            "test_counts": dict(Counter(x["defect_type"] for x in mine["test"]))}
     rest = [x for s in others.values() for split in ("train", "val", "test") for x in s[split]]
     _log(f"[{held}] generalist on {len(others)} other domains ({len(rest)} images)")
     gen_ckpt, gen_s = cli_fit(write_manifest(rest, work / f"{held}_others.jsonl"), work / f"{held}_gen", cfg,
                               cfg["epochs"])
     for arm, epochs in (("generalist", 0), ("generalist_ft", cfg["finetune_epochs"])):
-        _log(f"[{held}] {arm}: newline from {len(good)} normal images" + (f", {epochs}-epoch fine-tune" if epochs else ""))
-        ckpt = work / f"{held}_{arm}.ckpt"
-        seconds = newline(gen_ckpt, good, obj, ckpt, epochs)
-        predict = clipmdc_predict(ckpt, obj, names)
+        ckpt, seconds = gen_ckpt, 0.0
+        for obj in objects:  # one newline per product of the held-out domain
+            _log(f"[{held}] {arm}: newline {obj!r} from {len(good[obj])} normal images"
+                 + (f", {epochs}-epoch fine-tune" if epochs else ""))
+            written = work / f"{held}_{arm}_{obj}.ckpt"
+            seconds += newline(ckpt, good[obj], obj, written, epochs)
+            ckpt = written
+        predict = clipmdc_predict(ckpt, loader, names)
         out[arm] = {**evaluate(predict, loader, len(names)), "seconds": round(seconds, 1),
                     "generalist_train_seconds": round(gen_s, 1), "epochs": cfg["epochs"], "finetune_epochs": epochs,
                     **type_accuracy(predict, loader, names, trained_names & set(names[1:]))}
-    _log(f"[{held}] patchcore on {len(good)} normal images")
+    _log(f"[{held}] patchcore on {sum(map(len, good.values()))} normal images")
     normal_train = datamodule(mine["train"] + mine["val"] + mine["test"], work / f"{held}_normal.jsonl", cfg,
                               normal_train=True)
     normal_train.setup("fit")
-    predict, seconds = patchcore_predict(normal_train, cfg)
+    predict, seconds = patchcore_predict(normal_train, loader, cfg)
     out["patchcore"] = {**evaluate(predict, loader), "seconds": round(seconds, 1)}
-    _log(f"[{held}] in-domain CLIP-MDC normal-only on {len(good)} normal images")
-    memory = json.dumps({"class_path": "clipmdc.memory.NormalMemory", "init_args": {"coreset_ratio": cfg["coreset_ratio"]}})
+    _log(f"[{held}] in-domain CLIP-MDC normal-only on {sum(map(len, good.values()))} normal images")
+    # the generalist's model (per-object prompts and memory), trained normal-only on the held-out domain alone
     ckpt, seconds = cli_fit(work / f"{held}_normal.jsonl", work / f"{held}_indomain", cfg, cfg["indomain_epochs"],
-                            "--model.init_args.model.init_args.memory", memory, "--model.init_args.regime", "normal_only",
-                            "--model.init_args.model.init_args.per_object_prompts", "false",
-                            "--data.init_args.train_filter", "normal")
-    predict = clipmdc_predict(ckpt, obj, names)
+                            "--model.init_args.regime", "normal_only", "--data.init_args.train_filter", "normal")
+    predict = clipmdc_predict(ckpt, loader, names)
     out["indomain"] = {**evaluate(predict, loader, len(names)), "seconds": round(seconds, 1),
                        "epochs": cfg["indomain_epochs"]}
     return out
