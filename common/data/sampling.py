@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from common.data.errors import DataError
 
 
-class SeededSampler(Sampler):
+class SeededSampler(DistributedSampler):
     """A shuffled (or ordered) pass over ``range(len(data))`` as ``(index, seed)`` pairs, one DDP shard of it.
+
+    A ``DistributedSampler`` by type only (no process group needed): Lightning then neither wraps it nor
+    replaces it under DDP, and calls its ``set_epoch`` before every epoch; the DataModule gives it the rank.
 
     Args:
         data: The dataset (its length).
@@ -31,7 +34,9 @@ class SeededSampler(Sampler):
         world: Number of shards; every shard gets ``ceil(n / world)`` items (the first ones repeat).
     """
 
-    def __init__(self, data: Sized, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, data: Sized, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:  # noqa: D107
+        # DistributedSampler.__init__ is not called: it would ask torch.distributed for the rank
+        self.dataset, self.num_replicas, self.drop_last = data, world, False
         self.n, self.seed, self.shuffle, self.rank, self.world = len(data), int(seed), shuffle, rank, world
         self.epoch, self._skip = 0, 0
 

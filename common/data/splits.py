@@ -25,7 +25,7 @@ def _groups(records: Sequence[SampleRecord], key: Callable[[SampleRecord], Hasha
 
 def record_groups(records: Sequence[SampleRecord], key: str | None = None, pattern: str | None = None
                   ) -> Callable[[SampleRecord], str] | None:
-    """The function naming the physical part (group) of a record, or ``None`` when no grouping is asked for.
+    r"""The function naming the physical part (group) of a record, or ``None`` when no grouping is asked for.
 
     Args:
         records: The records (checked: every one must have a group).
