@@ -266,16 +266,16 @@ class CLIPMDCModule(L.LightningModule):
 
     def _eval_step(self, batch: DefectBatch, stage: str) -> Outputs:
         batch = remap_type_ids(batch, self._type_mapping)
-        terms_sum: dict[str, list[torch.Tensor]] = {}
+        terms: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
         def held_out(output: CLIPMDCOutput, sub: DefectBatch) -> None:  # the loss of every (tile) batch
             for k, v in self.loss(output, sub).items():
-                terms_sum.setdefault(k, []).append(v * len(sub))
+                terms.setdefault(k, []).append((v, len(sub)))
 
         out = self.outputs(batch, held_out)
-        count = len(batch) if batch.tiling is None else sum(1 for _ in batch.tiling.grid(*batch.image.shape[-2:]).positions)
-        self.log_dict({f"{stage}/{k}": sum(v) / count for k, v in terms_sum.items()}, batch_size=len(batch),
-                      sync_dist=True)
+        # one model call (stretch, letterbox): its terms as they are; tiles: the mean over the image's tiles
+        self.log_dict({f"{stage}/{k}": v[0][0] if len(v) == 1 else sum(t * n for t, n in v) / sum(n for _, n in v)
+                       for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         metrics = self.metrics[stage]
         known = batch.label >= 0  # (B,)
         metrics.image.update(scores=out["image_prob"][known].float(), labels=batch.label[known])
