@@ -64,11 +64,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_same_seed_same_weights_and_metrics_whatever_the_workers(root, tmp_path) -> None:
     a, ma = _fit(root, tmp_path / "a", workers=0)
-    b, mb = _fit(root, tmp_path / "b", workers=0)
-    c, mc = _fit(root, tmp_path / "c", workers=2)
-    _same_weights(a, b)
+    c, mc = _fit(root, tmp_path / "c", workers=2)  # two runs, and the loading split over two worker processes
     _same_weights(a, c)
-    assert ma.keys() == mc.keys() and all(ma[k] == mb[k] == mc[k] or (ma[k] != ma[k] and mc[k] != mc[k]) for k in ma)
+    assert ma.keys() == mc.keys() and all(ma[k] == mc[k] or (ma[k] != ma[k] and mc[k] != mc[k]) for k in ma)
+    assert any(k.startswith("val/") for k in ma)  # validation metrics compared too
     assert a.model.memory.ready and torch.equal(a.model.memory.bank, c.model.memory.bank)
 
 
