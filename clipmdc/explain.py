@@ -2,7 +2,8 @@
 
 Example sentence: ``"metal_nut: scratch (p=0.97) in the upper left, 2.1% of the surface"``; for a normal image
 ``"metal_nut: no defect (p=0.99)"``. Decisions and regions agree: an image called anomalous shows at least one
-region, an image called normal shows none. Region boxes are in pixels of the model input (``map_size``).
+region, an image called normal shows none. Maps, region boxes and areas are in the original image file's pixels
+(``map_size`` is its ``[H, W]``): :func:`explain_outputs` brings the model's maps back to it in every resize mode.
 """
 
 from __future__ import annotations
@@ -208,3 +209,29 @@ def explain_batch(
         paths,
         **kwargs,
     )
+
+
+def explain_outputs(outputs: dict[str, torch.Tensor], batch: Any, vocabulary: Sequence[str],
+                    closest_prompts: Sequence[str] | None = None, **kwargs: Any) -> list[ImagePrediction]:
+    """:func:`explain_probabilities` of the outputs of a batch in any resize mode (:func:`common.tiled.mode_outputs`,
+    PyTorch or ONNX), each image's map first brought back to the original file's pixels
+    (:func:`common.prediction.in_original_pixels`), so regions, boxes, areas and overlays are in them.
+
+    Args:
+        outputs: ``anomaly_prob`` ``(B, 1, H, W)``, ``image_prob`` ``(B,)``, ``type_prob`` ``(B, K+1)``.
+        batch: The :class:`~common.data.types.DefectBatch` (paths, objects, content boxes, original sizes).
+        vocabulary: The ``K + 1`` names.
+        closest_prompts: Per image, the prompt nearest to its embedding (optional).
+        **kwargs: Thresholds and their modes (see :func:`explain_probabilities`).
+    """
+    from common.prediction import in_original_pixels
+
+    image_prob = outputs["image_prob"].detach().float().cpu().numpy()
+    type_prob = outputs["type_prob"].detach().float().cpu().numpy()
+    preds: list[ImagePrediction] = []
+    for i, (image, amap) in enumerate(in_original_pixels(batch, outputs["anomaly_prob"])):
+        prompts = [closest_prompts[i]] if closest_prompts is not None else None
+        preds += explain_probabilities(amap[:1], image_prob[i : i + 1], type_prob[i : i + 1], vocabulary, image[None],
+                                       batch.object_name[i : i + 1], batch.path[i : i + 1], closest_prompts=prompts,
+                                       **kwargs)
+    return preds

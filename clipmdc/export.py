@@ -23,19 +23,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from clipmdc.explain import explain_probabilities
+from clipmdc.explain import explain_outputs
 from clipmdc.model import CLIPMDC
 from common.calibration import DecisionThresholds
 from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
 from common.data.io import list_images
+from common.data.tiling import RESIZE_MODES, TileSpec, pair
 from common.data.transforms import build_transform
 from common.data.types import NORMAL, SampleRecord
 from common.onnx_compat import antialias_as_matmul
+from common.tiled import mode_outputs
 
 OUTPUT_NAMES = ("anomaly_map", "image_score", "type_probs")
 THRESHOLD_KEYS = ("image_threshold", "pixel_threshold", "threshold_mode", "pixel_threshold_mode", "target_far")
 """Decision-threshold entries of the ONNX metadata (JSON values), see :meth:`DecisionThresholds.resolve`."""
+RESIZE_KEYS = ("resize", "tile_overlap", "tile_scale")
+"""Resize-mode entries of the ONNX metadata (JSON values): the graph takes input-size images; letterboxing and
+tiling (cut, batches, stitching) run outside it, in ``onnx-predict``, with :mod:`common.tiled` as in PyTorch."""
 
 
 class ExportWrapper(nn.Module):
@@ -184,6 +189,15 @@ class OnnxPredictor:
         self.object_name = self.object_names[index] if index is not None else "/".join(self.object_names)
         self.thresholds: dict[str, Any] = {**DecisionThresholds().resolve(),
                                            **{k: json.loads(meta[k]) for k in THRESHOLD_KEYS if k in meta}}
+        # how images become input (files exported before resize modes existed: stretch)
+        self.resize: dict[str, Any] = {"resize": "stretch", "tile_overlap": 0.25, "tile_scale": 1.0,
+                                       **{k: json.loads(meta[k]) for k in RESIZE_KEYS if k in meta}}
+
+    def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` in [0, 1] -> the probabilities as :func:`common.tiled.mode_outputs` takes them."""
+        out = self(image.detach().cpu().numpy())
+        return {"anomaly_prob": torch.from_numpy(out["anomaly_map"]), "image_prob": torch.from_numpy(out["image_score"]),
+                "type_prob": torch.from_numpy(out["type_probs"])}
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """``(B, 3, H, W)`` float32 in [0, 1] -> ``{"anomaly_map", "image_score", "type_probs"}``."""
@@ -206,26 +220,30 @@ def input_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def image_loader(files: Sequence[Path], size: int | Sequence[int], object_name: str, batch_size: int) -> DataLoader:
+def image_loader(files: Sequence[Path], size: int | Sequence[int], object_name: str, batch_size: int,
+                 resize: str = "stretch", tile_overlap: float = 0.25, tile_scale: float = 1.0) -> DataLoader:
     """Batches of the files read and resized exactly as ``lightning predict`` reads them: the DataModule's
     dataset (:class:`~common.data.dataset.DefectDataset`, :func:`~common.data.io.load_sample`) with its
-    evaluation transform (:func:`~common.data.transforms.build_transform` ``augment="none"``)."""
+    evaluation transform (:func:`~common.data.transforms.build_transform` ``augment="none"``) and resize mode
+    (``tile``: one whole image per batch, its tiles run ``batch_size`` at a time)."""
     records = [SampleRecord(image_path=p, object_name=object_name, defect_type=NORMAL, is_anomalous=None)
                for p in files]
-    dataset = DefectDataset(records, [NORMAL], [object_name], build_transform(size, "none"), on_error="mark")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    tiles = TileSpec(pair(size), tile_overlap, batch_size, tile_scale) if resize == "tile" else None
+    dataset = DefectDataset(records, [NORMAL], [object_name], build_transform(size, "none", resize=resize),
+                            on_error="mark", resize=resize, image_size=size, tiles=tiles)
+    return DataLoader(dataset, batch_size=1 if tiles else batch_size, shuffle=False, collate_fn=collate_samples)
 
 
 def _onnx_explain(predictor: OnnxPredictor, batch: Any, thresholds: dict[str, Any]) -> list:
-    """Explained predictions of one batch of readable images, decided as ``lightning predict`` decides."""
-    result = predictor(batch.image.numpy())
-    imgs = (batch.image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return explain_probabilities(result["anomaly_map"][:, 0], result["image_score"], result["type_probs"],
-                                 predictor.defect_types, imgs, batch.object_name, batch.path, **thresholds)
+    """Explained predictions of one batch of readable images, decided as ``lightning predict`` decides, in the
+    original image's pixels."""
+    out = mode_outputs(predictor.outputs, batch.image, batch.content_box, batch.tiling)
+    return explain_outputs(out, batch, predictor.defect_types, **thresholds)
 
 
 def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, batch_size: int = 8,
-                 image_threshold: float | None = None, pixel_threshold: float | None = None) -> Path:
+                 image_threshold: float | None = None, pixel_threshold: float | None = None,
+                 resize: dict[str, Any] | None = None) -> Path:
     """Predicts image files or folders with an exported model, writing what ``lightning predict`` writes (same
     image reading and resizing, same decisions and regions).
 
@@ -233,9 +251,10 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
         onnx_path: The exported file.
         inputs: Image files or folders (searched recursively).
         out_dir: Output folder.
-        batch_size: Images per onnxruntime call.
+        batch_size: Images (tiles in ``tile`` mode) per onnxruntime call.
         image_threshold: Overrides the exported (calibrated) image threshold.
         pixel_threshold: Overrides the exported (calibrated) pixel threshold.
+        resize: Overrides of the exported resize settings (``resize``, ``tile_overlap``, ``tile_scale``).
 
     Returns:
         The output folder (overlays/, maps/, predictions.jsonl, contact_sheet.png, summary.csv).
@@ -251,10 +270,12 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
         if given is not None:  # what the user gives wins
             thresholds[f"{key}_threshold"] = float(given)
             thresholds["threshold_mode" if key == "image" else "pixel_threshold_mode"] = "given"
+    settings = {**predictor.resize, **{k: v for k, v in (resize or {}).items() if v is not None}}
     writer = PredictionWriter(str(out_dir))
     trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
     writer.on_predict_epoch_start(trainer, None)
-    for i, batch in enumerate(image_loader(files, predictor.image_size, predictor.object_name, batch_size)):
+    loader = image_loader(files, predictor.image_size, predictor.object_name, batch_size, **settings)
+    for i, batch in enumerate(loader):
         # an unreadable file is a placeholder listed in errors.csv; it never stops the run
         preds = predict_readable(batch, lambda b: _onnx_explain(predictor, b, thresholds))
         writer.write_on_batch_end(trainer, None, preds, None, None, i)
@@ -263,11 +284,13 @@ def onnx_predict(onnx_path: str | Path, inputs: Sequence[str | Path], out_dir: s
 
 
 def export_module(module: Any, path: str | Path, image_size: int | Sequence[int],
-                  object_index: int | None = None) -> Path:
+                  object_index: int | None = None, resize: dict[str, Any] | None = None) -> Path:
     """Exports a :class:`~clipmdc.module.CLIPMDCModule`'s network with its decision thresholds (the calibrated
-    ones, or those given to the module) in the ONNX metadata."""
+    ones, or those given to the module) and the data's resize settings (``resize``, ``tile_overlap``,
+    ``tile_scale``: :attr:`common.data.DefectDataModule.settings`) in the ONNX metadata."""
     thresholds = module.decision_thresholds()
     meta = {k: json.dumps(thresholds[k]) for k in THRESHOLD_KEYS}
+    meta.update({k: json.dumps(v) for k, v in (resize or {}).items() if k in RESIZE_KEYS})
     return export_onnx(module.model, path, image_size, object_index, metadata=meta)
 
 
@@ -289,7 +312,7 @@ def export_main(argv: Sequence[str]) -> None:
     module.load_state_dict(state, strict=True)
     object_index = module.model.object_names.index(a.object) if a.object else None
     size = dm.image_size
-    path = export_module(module, a.out, size, object_index)
+    path = export_module(module, a.out, size, object_index, getattr(dm, "settings", None))
     t = module.decision_thresholds()
     print(f"ONNX: {path} (input image (B, 3, {size}, {size}) in [0, 1]; vocabulary {module.model.defect_types}; "
           f"image threshold {t['image_threshold']:.4g} ({t['threshold_mode']}), pixel threshold "
@@ -310,8 +333,13 @@ def onnx_predict_main(argv: Sequence[str]) -> int:
                    help="image decision threshold (default: the one stored in the file, calibrated at training)")
     p.add_argument("--pixel-threshold", type=float, default=None,
                    help="pixel region threshold (default: the one stored in the file)")
+    p.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                   help="stretch, letterbox or tile (default: the one stored in the file, the training mode)")
+    p.add_argument("--tile-overlap", type=float, default=None, help="tile mode overlap (default: the file's)")
+    p.add_argument("--tile-scale", type=float, default=None, help="tile mode working scale (default: the file's)")
     a = p.parse_args(argv)
-    out = onnx_predict(a.onnx, a.input, a.out, a.batch_size, a.image_threshold, a.pixel_threshold)
+    resize = {"resize": a.resize, "tile_overlap": a.tile_overlap, "tile_scale": a.tile_scale}
+    out = onnx_predict(a.onnx, a.input, a.out, a.batch_size, a.image_threshold, a.pixel_threshold, resize)
     print(f"predictions written to {out}")
     from common.prediction import EXIT_SOME_FAILED, count_errors
 

@@ -11,14 +11,13 @@ PatchCore's neighbourhood aggregation), brought to the finest chosen grid and co
 once from the normal training images (:meth:`NormalMemory.build`), subsampled by greedy k-center coreset
 selection, and saved with the checkpoint (it is data of the trained model, unlike the frozen weights).
 
-Leave-one-image-out: every bank entry remembers the image it came from (:func:`image_ids`, a CRC32 of the
-path). During training a sample's own entries are masked out, so training images see the same kind of
+Leave-one-image-out: every bank entry remembers the image it came from (the batch's ``sample_id``,
+:attr:`common.data.types.DefectBatch.sample_id`). During training a sample's own entries are masked out, so training images see the same kind of
 distances as unseen test images instead of exact zeros.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -29,11 +28,6 @@ from tqdm.auto import tqdm
 
 class NoNormalImagesError(ValueError):
     """:meth:`NormalMemory.build` got no normal image to build the bank from."""
-
-
-def image_ids(paths: Sequence[str]) -> torch.Tensor:
-    """Stable ``(B,)`` int64 ids of image paths (CRC32 of the path string): the owners of bank entries."""
-    return torch.tensor([zlib.crc32(str(p).encode()) for p in paths], dtype=torch.long)
 
 
 def greedy_coreset(
@@ -150,7 +144,7 @@ class NormalMemory(nn.Module):
 
         Args:
             tokens: The frozen image encoder's token maps ``[(B, C_l, h_l, w_l)]``.
-            exclude: ``(B,)`` image ids (:func:`image_ids`) whose own bank entries are ignored (training);
+            exclude: ``(B,)`` image ids (the batch's ``sample_id``) whose own bank entries are ignored (training);
                 ``None`` at test time.
             object_id: Ignored: one bank serves every object (:class:`~clipmdc.object_memory.ObjectMemory` keeps
                 one per object).
@@ -179,7 +173,7 @@ class NormalMemory(nn.Module):
 
         Args:
             batches: ``(tokens, ids[, object ids])``: the encoder's token maps of a batch of normal images and
-                their :func:`image_ids` (object ids, when given, are not used: one bank for every object).
+                their ``sample_id`` s (object ids, when given, are not used: one bank for every object).
             sample: Patches used to estimate :attr:`scale` (their leave-one-image-out nearest-neighbour
                 distance, averaged).
             progress: Show a progress bar over the coreset selection.

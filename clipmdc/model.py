@@ -208,7 +208,7 @@ class CLIPMDC(nn.Module):
         Args:
             image: ``(B, 3, H, W)`` in [0, 1] (not normalised: each encoder normalises for itself).
             object_id: ``(B,)`` object indices into :attr:`object_names` (used with ``per_object_prompts``).
-            image_ids: ``(B,)`` ids (:func:`clipmdc.memory.image_ids`) of training images whose own entries
+            image_ids: ``(B,)`` ids (the batch's ``sample_id``) of training images whose own entries
                 the memory must ignore (leave-one-image-out); ``None`` at test time.
 
         Returns:

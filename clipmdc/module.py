@@ -9,21 +9,21 @@ and the type metrics.
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from clipmdc.explain import decide, explain_batch
+from clipmdc.explain import decide, explain_outputs
 from clipmdc.loss import CLIPMDCLoss
-from clipmdc.memory import NoNormalImagesError, image_ids
+from clipmdc.metrics import CLIPMDCMetrics
 from clipmdc.model import CLIPMDC
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import normalize_vocabulary
+from clipmdc.reference import build_memory
 from clipmdc.regimes import check_regime, prepare_training_batch, remap_type_ids
 from common.calibration import (
     DecisionThresholds,
@@ -33,12 +33,14 @@ from common.calibration import (
 )
 from common.checkpoint import vocabulary as checkpoint_vocabulary
 from common.checkpoint import vocabulary_entries
-from common.data.errors import DataError
+from common.data.tiling import crop_content
 from common.data.types import DefectBatch
 from common.encoders.frozen import expect_frozen_eval_modules
-from common.metrics import anomaly_metrics, defect_type_metrics
 from common.prediction import ImagePrediction, predict_readable
 from common.synthesis.generator import PerlinAnomalyGenerator
+from common.tiled import Outputs, mode_outputs, tile_batch
+
+STAGES = ("val", "test")
 
 
 class CLIPMDCModule(L.LightningModule):
@@ -50,8 +52,8 @@ class CLIPMDCModule(L.LightningModule):
         regime: ``"supervised"``, ``"weakly_supervised"`` or ``"normal_only"`` (:mod:`clipmdc.regimes`).
         optimizer: Optimizer factory; gets only the trainable parameters.
         scheduler: LR scheduler factory, or ``None``.
-        defect_types: Vocabulary override (``"good"`` first); ``None`` takes the DataModule's ``vocabulary``.
-        object_names: Object-name override; ``None`` takes the DataModule's ``object_names``. Data object ids
+        defect_types: Vocabulary override (``"good"`` first); ``None`` takes the data's (``data_vocabulary``).
+        object_names: Object-name override; ``None`` takes the data's (``data_object_names``). Data object ids
             are mapped by name; with ``per_object_prompts`` every data object must be in the override.
         synthesis: Perlin anomaly generator applied on-device to normal training samples, or ``None``.
         synthetic_defect_type: Vocabulary name given to synthetic anomalies (must be in the vocabulary);
@@ -66,6 +68,14 @@ class CLIPMDCModule(L.LightningModule):
             for ``image_threshold``.
         target_far: Target false-alarm rate of the calibration when the validation split holds only normal
             images (with defects it is F1-optimal); see :mod:`common.calibration`.
+        data_vocabulary: The DataModule's defect-type names, which the batches' ids index (linked by
+            :class:`common.cli.DefectCLI`; in Python, pass them or let ``trainer.fit(..., datamodule=dm)`` give them).
+        data_object_names: The DataModule's object names (linked likewise).
+
+    Resize modes (:mod:`common.data.tiling`) come with the batches: letterbox content boxes keep the padding out
+    of metrics, image scores and thresholds; ``tile`` batches are whole images that the model runs tile by tile
+    (:mod:`common.tiled`), with the held-out losses computed per tile. Predictions are in the original image's
+    pixels.
     """
 
     def __init__(
@@ -85,9 +95,12 @@ class CLIPMDCModule(L.LightningModule):
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
         target_far: float = 0.01,
+        data_vocabulary: list[str] | None = None,
+        data_object_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "loss", "synthesis", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["model", "loss", "synthesis", "optimizer", "scheduler", "data_vocabulary",
+                                          "data_object_names"])
         self.model = model
         self.loss = loss or CLIPMDCLoss()
         self.regime = check_regime(regime)
@@ -105,19 +118,14 @@ class CLIPMDCModule(L.LightningModule):
         self.val_image_calibration = ImageThresholdCalibrator(target_far)
         self.val_pixel_calibration = PixelThresholdCalibrator(target_far)
         self.test_image_decisions = ImageThresholdCalibrator(target_far)  # scores kept for rates at threshold
-        image_metrics = anomaly_metrics(pixel=False)
-        self.val_image_metrics = image_metrics.clone(prefix="val/")
-        self.test_image_metrics = image_metrics.clone(prefix="test/")
-        if pixel_metrics:  # apart from the image metrics: updated only on batches that have masks
-            pixel = anomaly_metrics(mode=metrics_mode, image=False)  # type: ignore[arg-type]
-            self.val_pixel_metrics = pixel.clone(prefix="val/")
-            self.test_pixel_metrics = pixel.clone(prefix="test/")
+        self.metrics = torch.nn.ModuleDict({s: CLIPMDCMetrics(f"{s}/", len(self.model.defect_types), pixel_metrics,
+                                                              metrics_mode) for s in STAGES})
         self._type_mapping: torch.Tensor | None = None
         self._synthetic_type_id = -1
-        self._generator: torch.Generator | None = None
-        self._data_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
+        self.data_vocabulary, self.data_object_names = data_vocabulary, data_object_names
+        self._data_vocabulary: tuple[list[str] | None, list[str] | None] = (data_vocabulary, data_object_names)
         self._checkpoint_vocabulary: tuple[list[str] | None, list[str] | None] = (None, None)
-        self._configure_vocabulary(None, None)
+        self._configure_vocabulary(data_vocabulary, data_object_names)
 
     # ------------------------------------------------------------------ vocabulary
     def _configure_vocabulary(self, data_types: list[str] | None, data_objects: list[str] | None) -> None:
@@ -143,20 +151,21 @@ class CLIPMDCModule(L.LightningModule):
             raise ValueError(
                 f"synthetic_defect_type {self.synthetic_defect_type!r} is not in the vocabulary {types}"
             )
-        type_metrics = defect_type_metrics(len(types))  # K follows the vocabulary
-        self.val_type_metrics = type_metrics.clone(prefix="val/type_").to(self.device)
-        self.test_type_metrics = type_metrics.clone(prefix="test/type_").to(self.device)
+        for metrics in self.metrics.values():  # K follows the vocabulary
+            metrics.set_vocabulary(len(types))
 
     def setup(self, stage: str) -> None:
-        """Takes the vocabulary and object names from the DataModule unless overridden. Predict asks the data for
-        none: the command line, the checkpoint or an earlier stage's data name them (the training data may be
-        gone)."""
-        if stage == "predict":  # the names of an earlier stage's data, if any
-            self._configure_vocabulary(*self._data_vocabulary)
-            return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
-        data_objects = list(getattr(datamodule, "object_names", None) or []) or None
+        """Configures the vocabulary with the data's names: ``data_vocabulary`` / ``data_object_names`` (linked
+        from the DataModule by the CLI, or given in Python), else, for a module driven from Python without them,
+        those of the DataModule given to the trainer. Predict asks the data for none: the command line, the
+        checkpoint or an earlier stage's data name them (the training data may be gone)."""
+        data_types, data_objects = self.data_vocabulary, self.data_object_names
+        if stage != "predict" and data_types is None and self._trainer is not None:
+            datamodule = getattr(self.trainer, "datamodule", None)  # Python use without the link
+            data_types = list(getattr(datamodule, "vocabulary", None) or []) or None
+            data_objects = data_objects or list(getattr(datamodule, "object_names", None) or []) or None
+        if stage == "predict":
+            data_types, data_objects = self._data_vocabulary
         self._configure_vocabulary(data_types, data_objects)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -181,85 +190,9 @@ class CLIPMDCModule(L.LightningModule):
         expect_frozen_eval_modules(self)
 
     def on_train_start(self) -> None:
-        """Fills the model's normal-reference memory from the normal training images (once: a bank loaded from
-        a checkpoint is kept). Takes the DataModule's un-augmented ``reference_dataloader`` when it has one
-        (augmented patches, e.g. brightness-jittered, would make defects look normal), else the training
-        batches. When training is limited (``fast_dev_run``, ``limit_train_batches``) the bank is built from as
-        many normal images as those batches hold, so a debug run stays quick (a line says so).
-
-        Raises:
-            DataError: The training data holds no normal image (the message says what to do).
-        """
-        memory = self.model.memory
-        if memory is None or memory.ready:
-            return
-        limit = self._memory_image_limit()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "reference_dataloader"):  # un-augmented, whole training set on every rank
-            loader_fn = datamodule.reference_dataloader
-            capped = limit is not None and "max_images" in inspect.signature(loader_fn).parameters
-            loader = loader_fn(max_images=limit) if capped else loader_fn()
-            tokens = self._normal_tokens(loader, gather=False, limit=limit)
-        else:  # augmented training batches; each DDP rank has its shard, so gather
-            tokens = self._normal_tokens(self.trainer.train_dataloader, gather=self.trainer.world_size > 1, limit=limit)
-        if limit is not None:
-            self.print(f"normal-reference memory: built from at most {limit} normal images, because training is "
-                       "limited (fast_dev_run / limit_train_batches); a full run uses every normal training image")
-        try:
-            info = memory.build(tokens, progress=not self._quiet)
-        except NoNormalImagesError as e:
-            raise DataError(
-                "the normal-reference memory (model.init_args.model.init_args.memory) is built from normal "
-                "(defect-free) training images, and the training split has none: add defect-free images (e.g. a "
-                "good/ folder), or train without the memory (--model.init_args.model.init_args.memory null)"
-            ) from e
-        self.print(
-            f"normal-reference memory: {info['bank']} of {info['patches']} patches from {info['images']} normal "
-            f"training images (scale {info['scale']:.4g})"
-        )
-
-    @property
-    def _quiet(self) -> bool:
-        """No progress bars: not rank 0, or the trainer runs without a progress bar."""
-        return not self.trainer.is_global_zero or self.trainer.progress_bar_callback is None
-
-    def _memory_image_limit(self) -> int | None:
-        """At most this many normal images for the memory when training is limited to a number of batches
-        (``fast_dev_run``, an int or fractional ``limit_train_batches``): those batches' images; else ``None``."""
-        t = self.trainer
-        limit = t.limit_train_batches
-        if not (isinstance(limit, int) or float(limit) < 1.0) or not math.isfinite(t.num_training_batches):
-            return None
-        batch_size = getattr(t.train_dataloader, "batch_size", None) or 1
-        return max(1, int(t.num_training_batches) * int(batch_size))
-
-    @torch.no_grad()
-    def _normal_tokens(self, loader: Any, gather: bool, limit: int | None = None) -> Any:
-        """Yields ``(tokens, image ids, object ids)`` of the normal images of one pass over ``loader`` (with
-        ``gather``, all DDP ranks' images, so every rank builds the same bank), stopping after ``limit`` images."""
-        from tqdm.auto import tqdm
-
-        seen = 0
-        bar = tqdm(loader, desc="memory bank: normal images", leave=False, disable=self._quiet)
-        for batch in bar:
-            if limit is not None and seen >= limit:
-                break
-            batch = batch.to(self.device)
-            normal = batch.label == 0  # (B,)
-            tokens = self.model.image_encoder(batch.image).tokens
-            ids = image_ids(batch.path).to(self.device)
-            objects = self._object_ids(batch)
-            tokens, ids, objects = [t[normal] for t in tokens], ids[normal], objects[normal]
-            if gather:  # ragged across ranks: gather as objects
-                gathered: list[Any] = [None] * self.trainer.world_size
-                torch.distributed.all_gather_object(gathered, ([t.cpu() for t in tokens], ids.cpu(), objects.cpu()))
-                tokens = [torch.cat([g[0][i] for g in gathered]) for i in range(len(tokens))]
-                ids, objects = torch.cat([g[1] for g in gathered]), torch.cat([g[2] for g in gathered])
-            if limit is not None and seen + len(ids) > limit:
-                tokens, ids, objects = [t[: limit - seen] for t in tokens], ids[: limit - seen], objects[: limit - seen]
-            seen += len(ids)
-            if len(ids):
-                yield tokens, ids, objects
+        """Fills the model's normal-reference memory from the normal training images, once
+        (:func:`clipmdc.reference.build_memory`; a bank loaded from a checkpoint is kept)."""
+        build_memory(self)
 
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor, object_id: torch.Tensor | None = None) -> CLIPMDCOutput:
@@ -271,10 +204,22 @@ class CLIPMDCModule(L.LightningModule):
         index = {name: i for i, name in enumerate(self.model.object_names)}
         return torch.tensor([index.get(n, -1) for n in batch.object_name], dtype=torch.long, device=self.device)
 
+    def _sample_ids(self, batch: DefectBatch) -> torch.Tensor:
+        """``(B,)`` the batch's :attr:`~common.data.types.DefectBatch.sample_id` s (the memory's owners).
+
+        Raises:
+            ValueError: The batch has none (a hand-made batch: give it ``sample_id``).
+        """
+        if batch.sample_id is None:
+            raise ValueError("CLIP-MDC with a normal memory needs batches with sample_id (the image each sample "
+                             "comes from); DefectDataModule's batches have them")
+        return batch.sample_id.to(self.device)
+
     def _synthesis_generator(self) -> torch.Generator:
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed + 1000003 * self.global_rank)
-        return self._generator
+        """The synthesis generator of this step, seeded by (seed, rank, global step): the same stream whether the
+        run was interrupted and resumed or not."""
+        state = np.random.SeedSequence([self.seed, self.global_rank, self.global_step]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(state))
 
     def training_step(self, batch: DefectBatch, batch_idx: int) -> torch.Tensor:
         batch = remap_type_ids(batch, self._type_mapping)
@@ -285,7 +230,7 @@ class CLIPMDCModule(L.LightningModule):
             self._synthetic_type_id,
             self._synthesis_generator() if self.synthesis is not None else None,
         )
-        ids = image_ids(batch.path).to(self.device) if self.model.memory is not None else None
+        ids = self._sample_ids(batch) if self.model.memory is not None else None
         output = self.model(batch.image, self._object_ids(batch), image_ids=ids)  # leave-one-image-out memory
         terms = self.loss(output, batch)
         self.log_dict(
@@ -294,39 +239,73 @@ class CLIPMDCModule(L.LightningModule):
         self.log("train/loss", terms["total"].detach(), batch_size=len(batch), prog_bar=True)
         return terms["total"]
 
-    def _eval_step(self, batch: DefectBatch, stage: str) -> CLIPMDCOutput:
+    def outputs(self, batch: DefectBatch, on_output: Any = None) -> Outputs:
+        """The batch's probabilities in its resize mode (:func:`common.tiled.mode_outputs`): ``anomaly_prob``
+        ``(B, 1, H, W)`` at the working resolution, ``image_prob`` ``(B,)``, ``type_prob`` ``(B, K+1)``,
+        ``embedding`` ``(B, D)``. ``on_output(output, sub_batch)`` sees every model output with the (tile) batch
+        it is of."""
+        object_ids = self._object_ids(batch)
+
+        def run(image: torch.Tensor, sub: DefectBatch | None = None) -> Outputs:
+            ids = object_ids if len(object_ids) == len(image) else object_ids[:1].expand(len(image))  # tiles
+            out = self.model(image, ids)
+            if on_output is not None:
+                on_output(out, batch if sub is None else sub)
+            return {"anomaly_prob": out.anomaly_prob, "image_prob": out.image_prob, "type_prob": out.type_prob_image,
+                    "embedding": out.embedding}
+
+        if batch.tiling is None:
+            return mode_outputs(run, batch.image, batch.content_box)
+        grid = batch.tiling.grid(batch.image.shape[-2], batch.image.shape[-1])
+        done = [0]
+
+        def run_tile(image: torch.Tensor) -> Outputs:  # tiles arrive in order: the slice follows a counter
+            sub = tile_batch(batch, grid, slice(done[0], done[0] + len(image))) if on_output is not None else None
+            done[0] += len(image)
+            return run(image, sub)
+
+        return mode_outputs(run_tile, batch.image, tiling=batch.tiling)
+
+    def _eval_step(self, batch: DefectBatch, stage: str) -> Outputs:
         batch = remap_type_ids(batch, self._type_mapping)
-        output = self.model(batch.image, self._object_ids(batch))
-        terms = self.loss(output, batch)
-        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
+        terms: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+        def held_out(output: CLIPMDCOutput, sub: DefectBatch) -> None:  # the loss of every (tile) batch
+            for k, v in self.loss(output, sub).items():
+                terms.setdefault(k, []).append((v, len(sub)))
+
+        out = self.outputs(batch, held_out)
+        # one model call (stretch, letterbox): its terms as they are; tiles: the mean over the image's tiles
+        self.log_dict({f"{stage}/{k}": v[0][0] if len(v) == 1 else sum(t * n for t, n in v) / sum(n for _, n in v)
+                       for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
+        metrics = self.metrics[stage]
         known = batch.label >= 0  # (B,)
-        image_metrics = self.val_image_metrics if stage == "val" else self.test_image_metrics
-        image_metrics.update(scores=output.image_prob[known].float(), labels=batch.label[known])
-        self.log_dict(image_metrics, batch_size=len(batch))
+        metrics.image.update(scores=out["image_prob"][known].float(), labels=batch.label[known])
+        self.log_dict(metrics.image, batch_size=len(batch))
         pixels = batch.has_mask.bool()  # (B,)
-        if self.pixel_metrics and pixels.any():
-            pixel_metrics = self.val_pixel_metrics if stage == "val" else self.test_pixel_metrics
-            pixel_metrics.update(anomaly_maps=output.anomaly_prob[pixels].float(), masks=batch.mask[pixels])
-            self.log_dict(pixel_metrics, batch_size=int(pixels.sum()))
+        if metrics.pixel is not None and pixels.any():
+            boxes = batch.content_box[pixels] if batch.content_box is not None else None
+            metrics.update_pixels(out["anomaly_prob"][pixels], batch.mask[pixels], boxes)
+            self.log_dict(metrics.pixel, batch_size=int(pixels.sum()))
         typed = batch.defect_type_id >= 0  # (B,)
         if typed.any():
-            type_metrics = self.val_type_metrics if stage == "val" else self.test_type_metrics
-            type_metrics.update(output.type_logits[typed].float(), batch.defect_type_id[typed])
-            self.log_dict(type_metrics, batch_size=int(typed.sum()))
-        return output
+            metrics.types.update(out["type_prob"][typed].float(), batch.defect_type_id[typed])
+            self.log_dict(metrics.types, batch_size=int(typed.sum()))
+        return out
 
     def validation_step(self, batch: DefectBatch, batch_idx: int) -> None:
-        output = self._eval_step(batch, "val")
+        out = self._eval_step(batch, "val")
         known = batch.label >= 0  # (B,)
-        self.val_image_calibration.update(output.image_prob[known].float(), batch.label[known])
-        pixels = batch.has_mask.bool()  # (B,)
-        if pixels.any():
-            self.val_pixel_calibration.update(output.anomaly_prob[pixels].float(), batch.mask[pixels])
+        self.val_image_calibration.update(out["image_prob"][known].float(), batch.label[known])
+        for i in torch.nonzero(batch.has_mask.bool()).flatten().tolist():  # each image's own pixels
+            box = batch.content_box[i] if batch.content_box is not None else None
+            self.val_pixel_calibration.update(crop_content(out["anomaly_prob"][i], box)[None].float(),
+                                              crop_content(batch.mask[i], box)[None])
 
     def test_step(self, batch: DefectBatch, batch_idx: int) -> None:
-        output = self._eval_step(batch, "test")
+        out = self._eval_step(batch, "test")
         known = batch.label >= 0  # (B,)
-        self.test_image_decisions.update(output.image_prob[known].float(), batch.label[known])
+        self.test_image_decisions.update(out["image_prob"][known].float(), batch.label[known])
 
     # ------------------------------------------------------------------ decisions (calibrated thresholds)
     def on_validation_epoch_end(self) -> None:
@@ -371,19 +350,18 @@ class CLIPMDCModule(L.LightningModule):
         return self.thresholds.resolve(self.image_threshold, self.pixel_threshold)
 
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
-        """Explained predictions, one per image (written to disk by :class:`~common.prediction.PredictionWriter`).
+        """Explained predictions, one per image, in the original image's pixels (written to disk by
+        :class:`~common.prediction.PredictionWriter`).
 
         The closest prompt is searched among the defect prompts for an image called anomalous and among the
         normal prompts for one called normal, so it never contradicts the decision."""
         if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
             return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
-        object_ids = self._object_ids(batch)
-        output = self.model(batch.image, object_ids)
+        out = self.outputs(batch)
         thresholds = self.decision_thresholds()
-        anomalous = decide(output.image_prob, thresholds["image_threshold"], len(output.defect_types))  # (B,)
-        prompts = self.model.closest_prompts(output.embedding, object_ids, anomalous=anomalous)
-        return explain_batch(output, batch.image, batch.object_name, batch.path, closest_prompts=prompts,
-                             **thresholds)
+        anomalous = decide(out["image_prob"], thresholds["image_threshold"], len(self.model.defect_types))  # (B,)
+        prompts = self.model.closest_prompts(out["embedding"], self._object_ids(batch), anomalous=anomalous)
+        return explain_outputs(out, batch, self.model.defect_types, closest_prompts=prompts, **thresholds)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

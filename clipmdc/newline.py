@@ -140,7 +140,6 @@ def _batches(module: Any, loader: Any) -> Iterator[tuple[DefectBatch, Any]]:
 @torch.no_grad()
 def build_memory(module: Any, data: DefectDataModule, object_name: str) -> dict[str, float]:
     """Builds the object's normal memory from the DataModule's training (good) images, no gradient step."""
-    from clipmdc.memory import image_ids
     from clipmdc.object_memory import ObjectMemory
 
     memory = module.model.memory
@@ -152,7 +151,7 @@ def build_memory(module: Any, data: DefectDataModule, object_name: str) -> dict[
 
     def tokens() -> Iterator[tuple]:
         for batch, objects in _batches(module, data.reference_dataloader()):
-            yield module.model.image_encoder(batch.image).tokens, image_ids(batch.path).to(module.device), objects
+            yield module.model.image_encoder(batch.image).tokens, module._sample_ids(batch), objects
 
     if isinstance(memory, ObjectMemory):
         return memory.add_object(object_id, tokens())

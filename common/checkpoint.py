@@ -4,9 +4,9 @@ Every checkpoint written through the CLI carries, under ``checkpoint["defectfm"]
 
 * ``model``: the resolved model config (``class_path`` + ``init_args``, nested classes included), enough to
   rebuild the LightningModule with no experiment YAML;
-* ``data``: what predicting needs to feed the model as in training: ``image_size``, ``resize`` (``"stretch"``:
-  the image is resized to ``image_size`` whatever its aspect ratio) and ``normalisation`` (RGB in [0, 1]; each
-  frozen encoder normalises for itself);
+* ``data``: what predicting needs to feed the model as in training: ``image_size``, ``resize`` (``"stretch"``,
+  ``"letterbox"`` or ``"tile"``, :mod:`common.data.tiling`), ``tile_overlap`` and ``tile_scale``, and
+  ``normalisation`` (RGB in [0, 1]; each frozen encoder normalises for itself);
 * ``vocabulary``: written by the model (``defect_types``, and ``object_names`` for CLIP-MDC).
 
 Thresholds travel in the ``state_dict`` (buffers of the module). :class:`~common.cli.DefectCLI` reads ``model``
@@ -126,6 +126,9 @@ def vocabulary_entries(ckpt: Mapping[str, Any]) -> list[str] | None:
 
 def data_settings(datamodule: Any) -> dict[str, Any]:
     """What a DataModule did to the pixels, for predicting without it: image size, resize mode, normalisation."""
+    settings = getattr(datamodule, "settings", None)  # DefectDataModule: size, resize mode, tiling
+    if isinstance(settings, dict):
+        return {**settings, "normalisation": dict(NORMALISATION)}
     size = getattr(datamodule, "image_size", None)
     return {"image_size": list(size) if isinstance(size, (list, tuple)) else size, "resize": "stretch",
             "normalisation": dict(NORMALISATION)}

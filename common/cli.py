@@ -54,13 +54,23 @@ def _scan_ckpt_path(args: Sequence[str], subcommands: Sequence[str]) -> tuple[st
     return args[sub], path
 
 
-def _data_vocabulary(datamodule: object) -> list[str] | None:
-    """The DataModule's class names for ``model.init_args.data_vocabulary`` (``None`` when it has none)."""
+def _data_names(datamodule: object, attribute: str) -> list[str] | None:
+    """The DataModule's ``attribute`` names (``None`` when it has none)."""
     try:
-        names = getattr(datamodule, "vocabulary", None)
+        names = getattr(datamodule, attribute, None)
     except DataError:  # bad data: the DataModule reports it in one line when it sets up, before the model does
         return None
     return list(names) if names else None
+
+
+def _data_vocabulary(datamodule: object) -> list[str] | None:
+    """The DataModule's class names for ``model.init_args.data_vocabulary`` (``None`` when it has none)."""
+    return _data_names(datamodule, "vocabulary")
+
+
+def _data_object_names(datamodule: object) -> list[str] | None:
+    """The DataModule's object names for ``model.init_args.data_object_names`` (``None`` when it has none)."""
+    return _data_names(datamodule, "object_names")
 
 
 class DefectCLI(LightningCLI):
@@ -89,9 +99,11 @@ class DefectCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Links the DataModule's class names to models that take them (``data_vocabulary``; skipped for the
-        others, and ``None`` for data modules without a vocabulary)."""
+        """Links the DataModule's class and object names to models that take them (``data_vocabulary``,
+        ``data_object_names``; skipped for the others, and ``None`` for data modules without them)."""
         parser.link_arguments("data", "model.init_args.data_vocabulary", compute_fn=_data_vocabulary,
+                              apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.data_object_names", compute_fn=_data_object_names,
                               apply_on="instantiate")
 
     # ------------------------------------------------------------------ checkpoint values as defaults

@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
@@ -43,8 +44,8 @@ class ImagePrediction:
 
     Attributes:
         path: Source image path.
-        image: ``(H, W, 3)`` uint8 image at the model's input resolution.
-        anomaly_map: ``(H, W)`` float anomaly probabilities in [0, 1].
+        image: ``(H, W, 3)`` uint8 image, in the original file's pixels (:func:`in_original_pixels`).
+        anomaly_map: ``(H, W)`` float anomaly probabilities in [0, 1], in the original file's pixels.
         label: Short text drawn on the overlay, e.g. ``"scratch 0.97"``.
         record: The JSON line: object, defect type, probability, regions, explanation...
         threshold: Level at which the overlay contour is drawn.
@@ -89,6 +90,24 @@ def predict_readable(
     preds = iter(predict(batch.select(good)) if good else [])
     errors = batch.error or []
     return [ImagePrediction.unreadable(batch.path[i], errors[i]) if i in bad else next(preds) for i in range(len(batch))]
+
+
+def in_original_pixels(batch: DefectBatch, maps: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image of ``batch``, its pixels and its map in the original file's coordinates: ``(H0, W0, 3)`` uint8
+    and ``(C, H0, W0)`` float32 (``maps`` ``(B, C, H, W)`` at the working resolution, cropped to each image's
+    content box, i.e. without letterbox padding, and resized to its file size; :func:`common.data.tiling.to_original`).
+    Regions, boxes and areas drawn from these maps are in the file's pixels."""
+    from common.data.tiling import to_original
+
+    out = []
+    for i in range(len(batch)):
+        box = batch.content_box[i] if batch.content_box is not None else None
+        size = batch.orig_size[i] if batch.orig_size is not None else batch.image.shape[-2:]
+        image = to_original(batch.image[i].detach().float().cpu(), box, size).clamp(0, 1)
+        image = (image * 255).round().byte().permute(1, 2, 0).numpy()
+        amap = to_original(maps[i].detach().float().cpu(), box, size).numpy()
+        out.append((image, amap))
+    return out
 
 
 def failed_predictions(trainer: L.Trainer) -> int:

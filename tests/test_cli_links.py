@@ -28,3 +28,14 @@ def test_stage2_gets_the_datamodule_vocabulary(classid_root: Path) -> None:
                           "--model.init_args.top_k", "5", "--trainer.logger", "false"], run=False)
     assert cli.model.data_vocabulary == cli.datamodule.vocabulary == ["good", "inclusion", "patches", "scratches"]
     assert cli.model.names["test"] == cli.datamodule.vocabulary and cli.model.top_k == 5
+
+
+def test_clipmdc_gets_the_datamodule_vocabulary_and_objects(mvtec_root: Path) -> None:
+    """CLIP-MDC takes the data's names from the link (``data_vocabulary``, ``data_object_names``), not by reaching
+    into ``trainer.datamodule``: the model's vocabulary is the data's as soon as the CLI has built it."""
+    cli = DefectCLI(args=[*CLIPMDC, "--data.init_args.reader.init_args.root", str(mvtec_root),
+                          "--trainer.logger", "false"], run=False)
+    assert cli.model.data_vocabulary == cli.datamodule.vocabulary
+    assert cli.model.data_object_names == cli.datamodule.object_names
+    assert cli.model.model.defect_types == cli.datamodule.vocabulary
+    assert cli.model.model.object_names == cli.datamodule.object_names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import lightning as L
@@ -13,7 +14,9 @@ from torch.utils.data import DataLoader
 from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
 from common.data.readers import ClassIdSegReader, Reader
-from common.data.splits import few_shot, stratified_split
+from common.data.sampling import SeededSampler, TileSampler
+from common.data.splits import few_shot, record_groups, stratified_split
+from common.data.tiling import TileSpec, check_resize, pair
 from common.data.transforms import build_transform
 from common.data.types import NORMAL, SampleRecord
 
@@ -58,6 +61,19 @@ class DefectDataModule(L.LightningDataModule):
         predict_reader: Reader of the images to predict on; ``None`` predicts on the test split.
         captions: ``"given"`` (the dataset's captions, ``None`` where it has none) or ``"templated"`` (missing
             ones written from the labels and mask, :func:`common.data.captions.caption_for`).
+        resize: How images of any size become model input (:mod:`common.data.tiling`): ``"stretch"`` (resized to
+            ``image_size``), ``"letterbox"`` (aspect ratio kept, padded; padding never scored) or ``"tile"``
+            (native scale times ``tile_scale``, overlapping tiles of ``image_size``: training samples one tile per
+            item, evaluation and predict serve whole images, one per batch, tiled by the model in batches of
+            ``eval_batch_size`` tiles). Stored in every checkpoint; ``defectfm predict`` uses it unless told.
+        tile_overlap: Overlap of neighbouring evaluation tiles, a fraction of the tile side.
+        tile_scale: Working scale of ``tile`` mode relative to the image files (1: native pixels).
+        defect_tile_fraction: ``tile`` mode training: probability that a tile of an image with defect pixels is
+            placed over a defect (oversampling defect tiles when masks exist); 0: uniform.
+        group_key: Keep groups of images (photographs of one physical part) in one split: the record's ``extra``
+            entry naming its group, e.g. ``"group"`` (a ``group`` column of the folder reader's labels CSV, or the
+            sub-folder of its ``groups`` layout); see :func:`common.data.splits.record_groups`.
+        group_pattern: The same with a regular expression on the image path (first capture group).
     """
 
     def __init__(
@@ -81,6 +97,12 @@ class DefectDataModule(L.LightningDataModule):
         vocabulary: list[str] | None = None,
         predict_reader: Reader | None = None,
         captions: str = "given",
+        resize: str = "stretch",
+        tile_overlap: float = 0.25,
+        tile_scale: float = 1.0,
+        defect_tile_fraction: float = 0.5,
+        group_key: str | None = None,
+        group_pattern: str | None = None,
     ) -> None:
         super().__init__()
         for name, value, allowed in (
@@ -111,8 +133,27 @@ class DefectDataModule(L.LightningDataModule):
         self._vocabulary_override = vocabulary
         self.predict_reader = predict_reader
         self.captions = captions
+        self.resize = check_resize(resize)
+        self.tile_overlap, self.tile_scale = float(tile_overlap), float(tile_scale)
+        self.tile_sampler = TileSampler(defect_tile_fraction)
+        self.group_key, self.group_pattern = group_key, group_pattern
         self._splits: dict[str, list[SampleRecord]] | None = None
+        self._ids: dict[str, int] | None = None
         self._printed: set[str] = set()
+        self._resume: dict[str, int] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What this DataModule does to the pixels (stored in checkpoints, :func:`common.checkpoint.data_settings`)."""
+        size = self.image_size
+        return {"image_size": list(size) if isinstance(size, (list, tuple)) else size, "resize": self.resize,
+                "tile_overlap": self.tile_overlap, "tile_scale": self.tile_scale}
+
+    def tile_spec(self) -> TileSpec | None:
+        """How evaluation images are tiled in ``tile`` mode (``None`` in the other modes)."""
+        if self.resize != "tile":
+            return None
+        return TileSpec(pair(self.image_size), self.tile_overlap, self.eval_batch_size, self.tile_scale)
 
     # ----------------------------------------------------------------- vocabulary (for link_arguments)
     @property
@@ -198,17 +239,18 @@ class DefectDataModule(L.LightningDataModule):
 
     def _make_splits(self) -> dict[str, list[SampleRecord]]:
         records = self.reader.records()
+        group = record_groups(records, self.group_key, self.group_pattern)
         native = {s: [r for r in records if r.split == s] for s in SPLITS}
         unknown = sorted({r.split for r in records if r.split is not None and r.split not in SPLITS})
         if unknown:
             raise DataError(f"{self.reader.root}: unknown split names {unknown}; expected {SPLITS}")
         if self.split == "random" or not any(native.values()):
-            train, val, test = stratified_split(records, self.split_ratios, self.seed)
+            train, val, test = stratified_split(records, self.split_ratios, self.seed, group)
         else:
             train, val, test = native["train"], native["val"], native["test"]
             if not val:
                 source = train if self.val_from == "train" else test
-                rest, val = stratified_split(source, (1 - self.val_fraction, self.val_fraction), self.seed)
+                rest, val = stratified_split(source, (1 - self.val_fraction, self.val_fraction), self.seed, group)
                 train, test = (rest, test) if self.val_from == "train" else (train, rest)
         if self.train_filter == "normal":
             train = [r for r in train if r.is_anomalous is False]
@@ -219,15 +261,26 @@ class DefectDataModule(L.LightningDataModule):
                 raise DataError(f"{self.reader.root}: the {name} split is empty after splitting/filtering")
         return {"train": train, "val": val, "test": test}
 
+    def sample_ids(self, records: list[SampleRecord]) -> list[int]:
+        """The :attr:`~common.data.types.DefectBatch.sample_id` of each record: its position among the reader's
+        images in path order (the same in every split, loader and tile of this DataModule)."""
+        if self._ids is None:
+            paths = sorted({str(r.image_path) for r in self.reader.records()})
+            self._ids = {p: i for i, p in enumerate(paths)}
+        return [self._ids.get(str(r.image_path), -1) for r in records]
+
     # ----------------------------------------------------------------- datasets and loaders
     def _dataset(self, records: list[SampleRecord], train: bool) -> DefectDataset:
         transform = build_transform(
             self.image_size,
             self.augment if train else "none",
             self.extra_train_transforms if train else None,
+            resize=self.resize,
         )
+        tiles = (self.tile_sampler if train else self.tile_spec()) if self.resize == "tile" else None
         return DefectDataset(records, self.vocabulary, self.object_names, transform, drop_masks=train and self.weak_labels,
-                             template_captions=self.captions == "templated")
+                             template_captions=self.captions == "templated", sample_ids=self.sample_ids(records),
+                             resize=self.resize, image_size=self.image_size, tiles=tiles)
 
     def dataset(self, stage: str) -> DefectDataset:
         """The dataset of ``stage`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``)."""
@@ -239,29 +292,46 @@ class DefectDataModule(L.LightningDataModule):
                 recs = self.predict_reader.records()
                 names = [NORMAL, *sorted({r.defect_type for r in recs} - {NORMAL})]
                 objects = sorted({r.object_name for r in recs})
-                dataset = DefectDataset(recs, names, objects, build_transform(self.image_size, "none"))
+                dataset = DefectDataset(recs, names, objects, build_transform(self.image_size, "none", resize=self.resize),
+                                        resize=self.resize, image_size=self.image_size, tiles=self.tile_spec())
             dataset.on_error = "mark"  # one unreadable file never stops a prediction run (see the class doc)
             return dataset
         return self._dataset(self.split_records()[stage], train=stage == "train")
 
-    def _loader(self, stage: str, shuffle: bool, batch_size: int, dataset: DefectDataset | None = None) -> DataLoader:
+    def _loader(self, stage: str, shuffle: bool, batch_size: int, dataset: DefectDataset | None = None,
+                sampler: Any = None) -> DataLoader:
+        if stage != "train" and self.resize == "tile" and sampler is None and dataset is None:
+            batch_size = 1  # whole images of different sizes; their tiles run in batches of eval_batch_size
         return DataLoader(
             dataset if dataset is not None else self.dataset(stage),
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        """Seeded batches (:class:`~common.data.sampling.SeededSampler`: order, augmentation and tiles follow the
+        seed and the epoch, not the workers); a run resumed from a mid-epoch checkpoint skips what it trained on."""
+        dataset = self.dataset("train")
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = SeededSampler(dataset, self.seed, shuffle=True, rank=rank, world=world)
+        epoch = self._epoch()
+        sampler.set_epoch(epoch)
+        if self._resume is not None and self._resume["epoch"] == epoch and self._resume["batches"]:
+            sampler.skip_once(self._resume["batches"] * self.batch_size)
+        self._resume = None
+        return self._loader("train", True, self.batch_size, dataset, sampler)
 
     def reference_dataloader(self, max_images: int | None = None) -> DataLoader:
         """The normal training images without augmentation, in a fixed order, at the evaluation batch size: what
-        a reference memory is built from (e.g. CLIP-MDC's normal memory). Not sharded across DDP ranks.
+        a reference memory is built from (e.g. CLIP-MDC's normal memory). Not sharded across DDP ranks. In
+        ``tile`` mode every tile of those images (at the working scale) is an item.
 
         Args:
             max_images: Serve at most this many, evenly spread over the list (e.g. for a quick debug run).
@@ -272,7 +342,10 @@ class DefectDataModule(L.LightningDataModule):
         recs = [r for r in self.split_records()["train"] if r.is_anomalous is not True]
         if max_images is not None and len(recs) > max_images:
             recs = [recs[i * len(recs) // max_images] for i in range(max_images)]
-        return self._loader("train", False, self.eval_batch_size, self._dataset(recs, False))
+        dataset = self._dataset(recs, False)
+        if self.resize == "tile":
+            dataset = dataset.grid_tiles()
+        return self._loader("train", False, self.eval_batch_size, dataset)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.split_records()["val"]:
@@ -284,6 +357,24 @@ class DefectDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, self.eval_batch_size)
+
+    # ----------------------------------------------------------------- exact resume
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and training batches of it consumed so far (Lightning saves it in checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        batches = 0 if progress.is_last_batch else int(progress.current.processed)
+        return {"epoch": self._epoch(), "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
 
 def _names(counts: Counter, limit: int = 5) -> str:

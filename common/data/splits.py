@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 
@@ -22,18 +23,65 @@ def _groups(records: Sequence[SampleRecord], key: Callable[[SampleRecord], Hasha
     return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
 
 
+def record_groups(records: Sequence[SampleRecord], key: str | None = None, pattern: str | None = None
+                  ) -> Callable[[SampleRecord], str] | None:
+    r"""The function naming the physical part (group) of a record, or ``None`` when no grouping is asked for.
+
+    Args:
+        records: The records (checked: every one must have a group).
+        key: Name of the record's ``extra`` entry holding its group: a ``group`` column of a folder reader's labels
+            CSV, or the sub-folder in its ``groups`` layout (e.g. KolektorSDD's ``kos01/``).
+        pattern: A regular expression searched in the image path; the group is its first capture group (the
+            whole match without one), e.g. ``r"(kos\d+)"`` or ``r"part_(\d+)_"``.
+
+    Raises:
+        DataError: A record has no such entry, or the pattern does not match its path (names the file).
+    """
+    if key is None and pattern is None:
+        return None
+    if key is not None and pattern is not None:
+        raise ValueError("give group_key or group_pattern, not both")
+    regex = re.compile(pattern) if pattern is not None else None
+
+    def group(rec: SampleRecord) -> str:
+        if regex is None:
+            value = rec.extra.get(key) if rec.extra else None
+            if value in (None, ""):
+                raise DataError(f"{rec.image_path}: no {key!r} entry to group it by (a '{key}' column of the labels "
+                                "CSV, or the sub-folder of a groups layout)")
+            return str(value)
+        m = regex.search(str(rec.image_path))
+        if m is None:
+            raise DataError(f"{rec.image_path}: group_pattern {pattern!r} does not match its path")
+        return m.group(1) if m.groups() else m.group(0)
+
+    for rec in records:
+        group(rec)  # every record must have one: fail early, naming the file
+    return group
+
+
+def _unit_stratum(unit: list[SampleRecord]) -> tuple[str, str]:
+    """Stratum of a group of records: its object and its first defect type in name order (normal when none)."""
+    types = sorted({r.defect_type for r in unit} - {"good"})
+    return unit[0].object_name, types[0] if types else "good"
+
+
 def stratified_split(
-    records: Sequence[SampleRecord], ratios: Sequence[float], seed: int = 0
+    records: Sequence[SampleRecord], ratios: Sequence[float], seed: int = 0,
+    group: Callable[[SampleRecord], Hashable] | None = None,
 ) -> list[list[SampleRecord]]:
     """Splits records into ``len(ratios)`` parts with the given ratios within every (object, defect type).
 
     The result depends only on the set of records (sorted by path), the ratios and the seed: never on listing
     order or on the machine. Each part of a stratum with at least ``len(ratios)`` samples gets at least one.
+    With ``group`` (:func:`record_groups`), whole groups (e.g. the photographs of one physical part) are split:
+    every record of a group lands in the same part, the ratios count groups.
 
     Args:
         records: Records to split.
         ratios: Fractions, e.g. ``(0.6, 0.2, 0.2)``; normalised to sum to 1.
         seed: Seed of the permutation.
+        group: Names each record's group; ``None``: every record is its own group.
 
     Returns:
         One list of records per ratio, each sorted by path.
@@ -42,11 +90,18 @@ def stratified_split(
     if r.ndim != 1 or len(r) == 0 or (r < 0).any() or r.sum() <= 0:
         raise ValueError(f"split ratios must be non-negative and sum to > 0, got {list(ratios)}")
     r = r / r.sum()
+    if group is None:
+        units = [[rec] for rec in sorted(records, key=lambda x: str(x.image_path))]
+    else:
+        units = [sorted(u, key=lambda x: str(x.image_path)) for u in _groups(records, group).values()]
+    strata: dict = defaultdict(list)
+    for unit in units:
+        strata[_unit_stratum(unit) if group is not None else _stratum(unit[0])].append(unit)
     parts: list[list[SampleRecord]] = [[] for _ in r]
-    for i, (_, group) in enumerate(_groups(records, _stratum).items()):
+    for i, (_, members) in enumerate(sorted(strata.items(), key=lambda kv: str(kv[0]))):
         rng = np.random.default_rng([seed, i])
-        order = rng.permutation(len(group))
-        n = len(group)
+        order = rng.permutation(len(members))
+        n = len(members)
         counts = np.floor(r * n).astype(int)
         # hand out the remainder by largest fractional part, then make non-empty parts where possible
         rest = n - counts.sum()
@@ -59,7 +114,8 @@ def stratified_split(
                 counts[j] += 1
         bounds = np.concatenate([[0], np.cumsum(counts)])
         for j in range(len(r)):
-            parts[j].extend(group[k] for k in order[bounds[j] : bounds[j + 1]])
+            for k in order[bounds[j] : bounds[j + 1]]:
+                parts[j].extend(members[k])
     return [sorted(p, key=lambda x: str(x.image_path)) for p in parts]
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 
+from common.data.tiling import check_resize
+
 AUGMENT_PRESETS = ("none", "light", "strong")
 
 
@@ -21,6 +23,7 @@ def build_transform(
     image_size: int | Sequence[int],
     augment: str = "none",
     extra: Sequence[A.BasicTransform] | None = None,
+    resize: str = "stretch",
 ) -> A.Compose:
     """Builds the joint transform applied to ``image``, ``mask`` and ``class_mask``.
 
@@ -32,6 +35,8 @@ def build_transform(
         augment: ``"none"``, ``"light"`` (flips, small brightness/contrast) or ``"strong"`` (adds 90-degree
             rotations, small affine, colour jitter and blur).
         extra: Further albumentations transforms appended after the preset (from YAML via ``class_path``).
+        resize: ``"stretch"`` resizes to ``image_size`` here; ``"letterbox"`` and ``"tile"`` do their geometry in
+            the dataset (:mod:`common.data.tiling`) and this transform only augments.
 
     Returns:
         An ``albumentations.Compose`` taking ``image=``, ``mask=`` and ``class_mask=``.
@@ -39,7 +44,9 @@ def build_transform(
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"augment must be one of {AUGMENT_PRESETS}, got {augment!r}")
     h, w = _size(image_size)
-    ops: list[A.BasicTransform] = [A.Resize(h, w, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    ops: list[A.BasicTransform] = []
+    if check_resize(resize) == "stretch":
+        ops.append(A.Resize(h, w, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST))
     if augment in ("light", "strong"):
         ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]
     if augment == "strong":

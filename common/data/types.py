@@ -117,6 +117,14 @@ class DefectBatch:
         error: Per image ``None``, or why the file could not be read (a one-line :class:`DataError` message).
             Only predict datasets mark unreadable files this way (their pixels are zeros); training, validation
             and test stop at the first bad file. ``None`` for the whole field: no image failed.
+        sample_id: ``(B,)`` int64 id of the source image, stable for a DataModule whatever the split, loader or
+            tile (the DataModule numbers its reader's images in path order), e.g. the owner of a memory entry.
+            ``None`` in hand-made batches.
+        orig_size: ``(B, 2)`` int64 ``(H, W)`` of the image file (``None``: the batch's own size).
+        content_box: ``(B, 4)`` int64 ``(x0, y0, x1, y1)``, the pixels of the batch image that show the image
+            (letterbox: the rest is padding, never scored); ``None``: every pixel.
+        tiling: In ``tile`` mode, how evaluation images (whole, at the working scale) are cut into tiles of the
+            model input size (:class:`~common.data.tiling.TileSpec`); ``None`` otherwise.
     """
 
     image: torch.Tensor
@@ -131,6 +139,10 @@ class DefectBatch:
     caption: list[str | None]
     path: list[str]
     error: list[str | None] | None = None
+    sample_id: torch.Tensor | None = None
+    orig_size: torch.Tensor | None = None
+    content_box: torch.Tensor | None = None
+    tiling: Any = None
 
     def __len__(self) -> int:
         return self.image.shape[0]

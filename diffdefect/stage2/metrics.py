@@ -9,6 +9,11 @@ vocabulary has such classes); image ``accuracy`` / ``macro_f1`` (the image class
 Every metric is a torchmetrics object: states are summed over DDP ranks inside ``compute()``, which every rank
 calls at the end of the epoch whatever its own batches held (a metric without any update reports its
 no-data value, with a warning), so no rank waits on another.
+
+Resolution: the working resolution of the resize mode (:mod:`common.data.tiling`): ``image_size`` (stretch), the
+image's own pixels inside ``image_size`` (letterbox: the padding is cropped away before any metric), the stitched
+maps at native scale times ``tile_scale`` (tile). In ``tile`` mode the held-out losses are per tile and COCO mAP
+is not computed (queries of different tiles are different instances; the module warns once).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from common.data.tiling import crop_content
 from common.data.types import DefectBatch
 from common.metrics import DetectionMAP, MeanIoU, PerClassIoU, anomaly_metrics, defect_type_metrics
 from diffdefect.stage2.criterion import SetCriterion
 from diffdefect.stage2.model import Stage2Output
-from diffdefect.stage2.postprocess import image_classes, instance_predictions, semantic_scores
+from diffdefect.stage2.postprocess import image_classes, instance_predictions, semantic_scores, upsample_masks
 from diffdefect.stage2.targets import detection_targets, set_targets
 
 LOSS_TERMS = ("mask", "dice", "cls")
@@ -61,7 +67,7 @@ class Stage2Metrics(nn.Module):
     @torch.no_grad()
     def update(self, out: Stage2Output, batch: DefectBatch, class_mask: torch.Tensor, type_ids: torch.Tensor,
                criterion: SetCriterion, target_mode: str = "semantic") -> None:
-        """Adds a batch.
+        """Adds a batch (``stretch`` or ``letterbox``: with content boxes, each image's own pixels only).
 
         Args:
             out: The model output for ``batch.image``.
@@ -73,21 +79,56 @@ class Stage2Metrics(nn.Module):
         """
         size = tuple(batch.image.shape[-2:])
         scores = semantic_scores(out.class_logits, out.pred_masks, size)  # (B, K, H, W)
-        labels = scores.argmax(1)  # (B, H, W)
         has = batch.has_mask.bool()
+        self.update_losses(out, has, class_mask, criterion, target_mode)
+        self.update_maps(scores, batch, class_mask, type_ids)
+        if "detection" not in self.parts or not has.any():
+            return
+        if batch.content_box is None:
+            self.parts["detection"].update(instance_predictions(out.class_logits[has], out.pred_masks[has], size,
+                                                                top_k=self.top_k), detection_targets(class_mask[has]))
+            return
+        for i in torch.nonzero(has).flatten().tolist():  # letterbox: instances and targets inside the image only
+            box = batch.content_box[i]
+            masks = crop_content(upsample_masks(out.pred_masks[i : i + 1].float(), size), box)  # (1, Q, h, w)
+            self.parts["detection"].update(
+                instance_predictions(out.class_logits[i : i + 1], masks, tuple(masks.shape[-2:]), top_k=self.top_k),
+                detection_targets(crop_content(class_mask[i : i + 1], box)))
+
+    @torch.no_grad()
+    def update_losses(self, out: Stage2Output, has: torch.Tensor, class_mask: torch.Tensor, criterion: SetCriterion,
+                      target_mode: str = "semantic") -> None:
+        """Adds the held-out losses of the images (tiles) ``has`` ``(B,)`` that have masks."""
+        if not has.any():
+            return
+        masks, tlabels = set_targets(class_mask[has], target_mode)
+        sub = Stage2Output(out.pred_masks[has], out.class_logits[has], out.mask_embeddings[has])
+        terms = criterion.layer_losses(sub, masks, tlabels, float(max(1, sum(len(x) for x in masks))))
+        for name, metric in self.parts["losses"].items():
+            metric.update(terms[name].detach(), int(has.sum()))
+
+    @torch.no_grad()
+    def update_maps(self, scores: torch.Tensor, batch: DefectBatch, class_mask: torch.Tensor,
+                    type_ids: torch.Tensor) -> None:
+        """Adds the figures read from ``(B, K, H, W)`` semantic scores at the working resolution (segmentation,
+        anomaly, image class), each image cropped to its content box when the batch has them (letterbox)."""
+        boxes = batch.content_box if batch.content_box is not None else [None] * len(scores)
+        if batch.content_box is not None:  # images of different content sizes: one at a time
+            for i, box in enumerate(boxes):
+                self._maps(crop_content(scores[i : i + 1], box), batch.has_mask[i : i + 1].bool(),
+                           crop_content(class_mask[i : i + 1], box), crop_content(batch.mask[i : i + 1], box),
+                           batch.label[i : i + 1], type_ids[i : i + 1])
+            return
+        self._maps(scores, batch.has_mask.bool(), class_mask, batch.mask, batch.label, type_ids)
+
+    def _maps(self, scores: torch.Tensor, has: torch.Tensor, class_mask: torch.Tensor, mask: torch.Tensor,
+              label: torch.Tensor, type_ids: torch.Tensor) -> None:
+        labels = scores.argmax(1)  # (B, H, W)
         if has.any():
-            masks, tlabels = set_targets(class_mask[has], target_mode)
-            sub = Stage2Output(out.pred_masks[has], out.class_logits[has], out.mask_embeddings[has])
-            terms = criterion.layer_losses(sub, masks, tlabels, float(max(1, sum(len(x) for x in masks))))
-            for name, metric in self.parts["losses"].items():
-                metric.update(terms[name].detach(), int(has.sum()))
             self.parts["segmentation"].update(labels[has], class_mask[has])
             anomaly = 1 - scores[has, 0]  # (b, H, W)
-            self.parts["anomaly"].update(anomaly_maps=anomaly, masks=batch.mask[has],
-                                         scores=anomaly.flatten(1).amax(1), labels=batch.label[has])
-            if "detection" in self.parts:
-                self.parts["detection"].update(instance_predictions(out.class_logits[has], out.pred_masks[has], size,
-                                                                    top_k=self.top_k), detection_targets(class_mask[has]))
+            self.parts["anomaly"].update(anomaly_maps=anomaly, masks=mask[has], scores=anomaly.flatten(1).amax(1),
+                                         labels=label[has])
         known = type_ids >= 0
         if known.any():
             self.parts["image_class"].update(image_classes(labels, scores.shape[1])[known], type_ids[known])

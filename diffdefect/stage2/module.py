@@ -22,7 +22,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 
+from common.data.tiling import to_original
 from common.data.types import DefectBatch
 from common.data.vocabulary import remap_ids
 from common.encoders.frozen import expect_frozen_eval_modules
@@ -85,6 +87,7 @@ class Stage2Module(L.LightningModule):
         self.metrics_mode, self.detection_metrics, self.top_k = metrics_mode, detection_metrics, top_k
         self.pixel_threshold = pixel_threshold
         self._checkpoint_names: list[str] | None = None
+        self._warned_tiles = False
         self._configure()
 
     # ------------------------------------------------------------------ vocabularies
@@ -149,10 +152,34 @@ class Stage2Module(L.LightningModule):
         return terms["total"]
 
     def _eval_step(self, batch: DefectBatch, stage: str) -> None:
-        out = self(batch.image, stage)
         maps = self.vocab.maps[stage]
-        self.metrics[stage].update(out, batch, remap_ids(batch.class_mask, maps), remap_ids(batch.defect_type_id, maps),
-                                   self.criterion, self.targets)
+        class_mask, type_ids = remap_ids(batch.class_mask, maps), remap_ids(batch.defect_type_id, maps)
+        if batch.tiling is not None:  # one whole image: tile losses, stitched maps
+            scores = self.tiled_scores(batch, stage, class_mask)
+            self.metrics[stage].update_maps(scores, batch, class_mask, type_ids)
+            return
+        self.metrics[stage].update(self(batch.image, stage), batch, class_mask, type_ids, self.criterion, self.targets)
+
+    def tiled_scores(self, batch: DefectBatch, stage: str, class_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(1, K, H, W)`` semantic scores of a one-image ``tile`` batch: its tiles run ``tiling.batch_size`` at a
+        time, their scores stitched with overlap blending; with ``class_mask`` the held-out losses of the tiles
+        are added to the stage's metrics."""
+        if class_mask is not None and not self._warned_tiles:
+            self._warned_tiles = True
+            rank_zero_warn("stage 2 in tile mode: COCO mAP is not computed (queries of different tiles are "
+                           "different instances); segmentation, anomaly and image-class metrics use stitched maps")
+        grid = batch.tiling.grid(*batch.image.shape[-2:])
+        tiles = grid.cut(batch.image[0])  # (N, 3, th, tw)
+        masks = grid.cut(class_mask[0][None].float())[:, 0].round().long() if class_mask is not None else None
+        has = batch.has_mask[:1].bool()
+        parts = []
+        for i in range(0, len(tiles), batch.tiling.batch_size):
+            out = self(tiles[i : i + batch.tiling.batch_size], stage)
+            parts.append(semantic_scores(out.class_logits, out.pred_masks, grid.tile))  # (n, K, th, tw)
+            if masks is not None:
+                n = len(parts[-1])
+                self.metrics[stage].update_losses(out, has.expand(n), masks[i : i + n], self.criterion, self.targets)
+        return grid.stitch(torch.cat(parts))[None]
 
     def validation_step(self, batch: DefectBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -168,13 +195,22 @@ class Stage2Module(L.LightningModule):
 
     def predict_step(self, batch: DefectBatch, batch_idx: int, dataloader_idx: int = 0) -> list[ImagePrediction]:
         """One :class:`~common.prediction.ImagePrediction` per image (overlay labelled with the class names,
-        anomaly map, JSON record with the classes, their regions and RLE masks)."""
+        anomaly map, JSON record with the classes, their regions and RLE masks), in the original image's pixels
+        in every resize mode."""
         if batch.failed:  # unreadable files: placeholders, listed in errors.csv by the writer
             return predict_readable(batch, lambda b: self.predict_step(b, batch_idx, dataloader_idx))
-        out = self(batch.image, "predict")
-        scores = semantic_scores(out.class_logits, out.pred_masks, tuple(batch.image.shape[-2:]))  # (B, K, H, W)
-        return [explain(img, s, self.names["predict"], p, threshold=self.pixel_threshold)
-                for img, s, p in zip(batch.image, scores, batch.path, strict=True)]
+        if batch.tiling is not None:
+            scores = self.tiled_scores(batch, "predict")  # (1, K, H, W)
+        else:
+            out = self(batch.image, "predict")
+            scores = semantic_scores(out.class_logits, out.pred_masks, tuple(batch.image.shape[-2:]))  # (B, K, H, W)
+        preds = []
+        for i, path in enumerate(batch.path):  # in the original image's pixels (letterbox padding cropped)
+            box = batch.content_box[i] if batch.content_box is not None else None
+            size = batch.orig_size[i] if batch.orig_size is not None else batch.image.shape[-2:]
+            preds.append(explain(to_original(batch.image[i], box, size).clamp(0, 1), to_original(scores[i], box, size),
+                                 self.names["predict"], path, threshold=self.pixel_threshold))
+        return preds
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

@@ -28,4 +28,5 @@ def make_batch(batch: int = 4, size: int = 64, seed: int = 0, num_types: int = 2
         object_name=["bottle"] * batch,
         caption=[None] * batch,
         path=[f"img_{i}.png" for i in range(batch)],
+        sample_id=torch.arange(batch),
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipmdc.export import ExportWrapper, OnnxPredictor, export_onnx, export_torchscript, onnx_predict
-from clipmdc.memory import NormalMemory, image_ids
+from clipmdc.memory import NormalMemory
 from clipmdc.presets import tiny
 from tests.conftest import blob_pair, write_image
 
@@ -48,14 +48,14 @@ def test_onnxruntime_parity_with_normal_memory(tmp_path: Path) -> None:
     model = tiny(defect_types=["good", "scratch", "hole"], memory=NormalMemory(coreset_ratio=0.5)).eval()
     normal = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        model.memory.build([(model.image_encoder(normal).tokens, image_ids([f"{i}.png" for i in range(4)]))])
+        model.memory.build([(model.image_encoder(normal).tokens, torch.arange(4))])
     _assert_parity(model, export_onnx(model, tmp_path / "m.onnx", SIZE))  # the bank travels in the graph
 
 
 def _with_memory(model: torch.nn.Module, size: int) -> torch.nn.Module:
     normal = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        model.memory.build([(model.image_encoder(normal).tokens, image_ids(["a.png", "b.png"]))])
+        model.memory.build([(model.image_encoder(normal).tokens, torch.arange(2))])
     return model
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from clipmdc.memory import NormalMemory, greedy_coreset, image_ids
+from clipmdc.memory import NormalMemory, greedy_coreset
 from clipmdc.module import CLIPMDCModule
 from clipmdc.presets import tiny
 from common.data import DataError
@@ -35,7 +35,7 @@ def test_distances_match_brute_force_and_leave_one_out() -> None:
     g = torch.Generator().manual_seed(0)
     memory = NormalMemory(levels=(0,), coreset_ratio=1.0, pool=1)
     train = _tokens(g)
-    ids = image_ids(["a.png", "b.png", "c.png"])
+    ids = torch.tensor([0, 1, 2])  # sample ids of three images
     info = memory.build([(train, ids)])
     assert info == {**info, "images": 3, "patches": 75, "bank": 75}
     feats = train[0].flatten(2).transpose(1, 2)  # (3, 25, 4)
@@ -58,7 +58,7 @@ def test_distances_match_brute_force_and_leave_one_out() -> None:
 
 def test_an_image_owning_the_whole_bank_gets_finite_distances() -> None:
     memory = NormalMemory(levels=(0,), coreset_ratio=0.01)  # 75 patches -> a bank of 1 entry
-    tokens, ids = _tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"])
+    tokens, ids = _tokens(torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2])
     memory.build([(tokens, ids)])
     assert memory.bank.shape[0] == 1 and torch.isfinite(memory.scale)
     assert torch.isfinite(memory(tokens, exclude=ids)).all()
@@ -77,14 +77,14 @@ def test_empty_and_mismatched_inputs_fail_clearly() -> None:
     with pytest.raises(ValueError, match="coreset_ratio"):
         NormalMemory(coreset_ratio=0.0)
     memory = NormalMemory(levels=(0,), coreset_ratio=1.0)
-    memory.build([(_tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"]))])
+    memory.build([(_tokens(torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2]))])
     with pytest.raises(ValueError, match="4-d entries"):
         memory([torch.randn(1, 7, 5, 5)])
 
 
 def test_state_dict_round_trip_resizes_the_bank() -> None:
     built = NormalMemory(levels=(0,), coreset_ratio=0.5)
-    built.build([(_tokens(torch.Generator().manual_seed(0)), image_ids(["a", "b", "c"]))])
+    built.build([(_tokens(torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2]))])
     fresh = NormalMemory(levels=(0,))
     fresh.load_state_dict(built.state_dict(), strict=True)
     assert fresh.ready and all(torch.equal(fresh.state_dict()[k], v) for k, v in built.state_dict().items())
@@ -98,9 +98,9 @@ def test_fit_builds_the_bank_from_normal_images_and_checkpoints_it(tmp_path) -> 
     trainer.fit(module, datamodule=BatchData())
     memory = module.model.memory
     # BatchData: 2 batches x 2 normal images (labels alternate), 32 px -> 2x2 ViT patches each.
-    normal_paths = [f"img_{i}.png" for i in (0, 2)]
+    normal_ids = [0, 2]  # the sample ids of img_0.png and img_2.png (make_batch numbers its images)
     assert memory.ready and memory.bank.shape[0] == 2 * 2 * 4
-    assert set(memory.owner.tolist()) == set(image_ids(normal_paths).tolist())
+    assert set(memory.owner.tolist()) == set(normal_ids)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     restored = CLIPMDCModule.load_from_checkpoint(path, model=tiny(memory=NormalMemory()), strict=True)
@@ -118,10 +118,10 @@ def test_memory_evidence_reaches_the_anomaly_map() -> None:
     with torch.no_grad():
         before = model(unseen).anomaly_map
         tokens = model.image_encoder(batch.image).tokens
-        model.memory.build([(tokens, image_ids(batch.path))])
+        model.memory.build([(tokens, batch.sample_id)])
         assert not torch.allclose(before, model(unseen).anomaly_map)  # the distance enters the anomaly logit
         after = model(batch.image).anomaly_map
-        loo = model(batch.image, image_ids=image_ids(batch.path)).anomaly_map
+        loo = model(batch.image, image_ids=batch.sample_id).anomaly_map
     assert (loo > after).all()  # own patches excluded: larger distances, larger anomaly logits
 
 
@@ -179,10 +179,10 @@ def test_debug_runs_build_the_bank_from_few_normal_images(tmp_path, capsys) -> N
     L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
               enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=dm)
     owners = set(module.model.memory.owner.tolist())
-    normal = [str(r.image_path) for r in dm.split_records()["train"]]
+    normal = dm.split_records()["train"]
     assert len(normal) == 24 and len(owners) == 4  # one training batch of 4 images, not all 24
     spread = [normal[i * 24 // 4] for i in range(4)]
-    assert owners == set(image_ids(spread).tolist())
+    assert owners == set(dm.sample_ids(spread))
     assert "built from at most 4 normal images, because training is limited" in capsys.readouterr().out
     # a full run uses every normal training image
     module = CLIPMDCModule(tiny(memory=NormalMemory(coreset_ratio=1.0)))

@@ -3,7 +3,8 @@
 Three ways to label, first match wins:
 
 1. ``labels_csv`` with columns ``image`` (path relative to ``root``) and ``label`` (``0``/``1``/``ok``/``ng``/
-   ``good``/``normal`` or a defect-type name), optional ``defect_type``, ``object``, ``mask``, ``caption``;
+   ``good``/``normal`` or a defect-type name), optional ``defect_type``, ``object``, ``mask``, ``caption``,
+   ``group`` (the physical part an image shows: ``DefectDataModule(group_key="group")`` keeps a part in one split);
 2. sub-folders: either one per class (``good``/``ok``/``normal`` for defect-free, any other name is a defect
    type), or groups of image + mask pairs (e.g. KolektorSDD's ``kos01/Part0.jpg`` + ``kos01/Part0_label.bmp``,
    one folder per part): then the folder names mean nothing, and an image is defective when its mask is not
@@ -237,7 +238,8 @@ class FolderReader(Reader):
                 records.append(
                     SampleRecord(image, row.get("object") or self.object_name, dtype if anomalous else NORMAL,
                                  anomalous, mask_path=mask, mask_threshold=self.mask_threshold,
-                                 caption=row.get("caption") or None)
+                                 caption=row.get("caption") or None,
+                                 extra={"group": row["group"]} if row.get("group") else {})
                 )
         return records
 
