@@ -126,28 +126,6 @@ class CLIPMDC(nn.Module):
         self.prompts: Prompts = self.prompt_bank.build(defect_types, object_names)
         self._text_stale = True
 
-    # ------------------------------------------------------------------ presets (see clipmdc/presets.py)
-    @classmethod
-    def tiny(cls, **overrides) -> CLIPMDC:
-        """Random-init test preset (seconds on CPU). See :func:`clipmdc.presets.tiny`."""
-        from clipmdc.presets import tiny
-
-        return tiny(**overrides)
-
-    @classmethod
-    def vit_b16(cls, **overrides) -> CLIPMDC:
-        """Paper-like preset on open_clip ViT-B-16. See :func:`clipmdc.presets.vit_b16`."""
-        from clipmdc.presets import vit_b16
-
-        return vit_b16(**overrides)
-
-    @classmethod
-    def offline_real(cls, **overrides) -> CLIPMDC:
-        """EfficientNet-Lite0 + MiniLM preset with real offline weights. See :func:`clipmdc.presets.offline_real`."""
-        from clipmdc.presets import offline_real
-
-        return offline_real(**overrides)
-
     # ------------------------------------------------------------------ vocabulary
     @property
     def defect_types(self) -> list[str]:
