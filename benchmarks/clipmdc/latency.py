@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from benchmarks.clipmdc.arms import clipmdc_model
-from benchmarks.clipmdc.settings import GPU_GOAL_MS, LAYOUTS
+from benchmarks.clipmdc.arms import build_arm
+from benchmarks.clipmdc.data import peer_datamodule
+from benchmarks.clipmdc.settings import GPU_GOAL_MS, Settings, log
 
 
 # ---------------------------------------------------------------------------------------------------- latency
@@ -68,94 +72,164 @@ def measure_latency(
     return out
 
 
-def run_latency(
-    cfg: dict[str, Any], clipmdc_module: Any | None, peers: dict[str, Any], threads: int
-) -> dict[str, Any]:
-    """CPU latency/throughput of the trained models side by side (+ GPU section when CUDA is present)."""
-    models: dict[str, Callable[[torch.Tensor], Any]] = {}
-    if clipmdc_module is not None:
-        net = clipmdc_module.model.eval()
-        models["clipmdc_offline_real"] = net
-    else:  # --skip-peers without accuracy run: an untrained network times the same
-        net = clipmdc_model(cfg).eval()
-        net.set_vocabulary(["good", "blowhole", "break", "crack", "fray", "uneven"], ["magnetic_tile"])
-        models["clipmdc_offline_real"] = net
-    for name, peer in peers.items():
-        models[name] = peer.eval()
-    batches = list(cfg["latency_batches"])
-    cpu: dict[str, dict[str, dict[str, float]]] = {}
-    for layout in LAYOUTS:  # NCHW first: converting to channels_last changes the models in place
-        if layout == "channels_last":
-            for m in models.values():
-                m.to(memory_format=torch.channels_last)
-        cpu[layout] = measure_latency(
-            models,
-            cfg["latency_size"],
-            batches,
-            cfg["latency_rounds"],
-            cfg["latency_iters"],
-            channels_last=layout == "channels_last",
-        )
-    ratios: dict[str, dict[str, dict[str, float]]] = {}
-    for layout, rows in cpu.items():
-        ours = rows["clipmdc_offline_real"]
-        ratios[layout] = {}
-        for name in peers:
-            ratios[layout][name] = {
-                f"b{b}_latency_ratio": ours[f"b{b}_ms_per_batch"] / rows[name][f"b{b}_ms_per_batch"]
-                for b in batches
-            } | {
-                f"b{b}_throughput_ratio": ours[f"b{b}_images_per_s"] / rows[name][f"b{b}_images_per_s"]
-                for b in batches
-            }
-    b1 = batches[0]
-    per_layout = {
-        layout: {
-            "clipmdc_ms": rows["clipmdc_offline_real"][f"b{b1}_ms_per_batch"],
-            "supersimplenet_ms": rows["supersimplenet"][f"b{b1}_ms_per_batch"]
-            if "supersimplenet" in rows
-            else None,
-        }
-        for layout, rows in cpu.items()
-    }
-    have_ssn = "supersimplenet" in peers
+MODELS = {
+    "clipmdc_offline_real": "the normal_only arm's network (configs/benchmarks/clipmdc_normal_only.yaml: the "
+    "offline_real preset's defaults, its memory with the arm's coreset ratio built from the data's normal "
+    "training images at the latency size; the data's vocabulary; text embeddings computed once, as deployed)",
+    "supersimplenet": "anomalib SupersimplenetModel eval forward (score + upsampled, blurred map); untrained "
+    "(its speed does not depend on its weights)",
+    "patchcore": "anomalib PatchcoreModel eval forward (nearest-neighbour search in the memory bank built from "
+    "the same normal images, then upsampled, blurred map)",
+}
+
+
+def _normal_images(arm: Any, n: int) -> list[tuple[torch.Tensor, list[str]]]:
+    """The first ``n`` normal training images of the arm's data (un-augmented): ``[(images, paths)]``."""
+    dm = peer_datamodule(arm.datamodule, arm.resolved["data"]["init_args"], "normal", "none")
+    out, seen = [], 0
+    for batch in dm.train_dataloader():
+        if seen >= n:
+            break
+        out.append((batch.image[: n - seen], list(batch.path[: n - seen])))
+        seen += len(out[-1][1])
+    return out
+
+
+def build_models(settings: Settings, data_config: Path | None, data_root: Path | None, workdir: Path
+                 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """CLIP-MDC (the normal_only arm, memory filled), SuperSimpleNet and PatchCore at the latency size."""
+    from benchmarks.peers import PatchCorePeer, SuperSimpleNetPeer
+    from clipmdc.memory import image_ids
+
+    arm = build_arm("normal_only", data_config, replace(settings, image_size=settings.latency_size), workdir)
+    images = _normal_images(arm, settings.latency_memory_images)
+    module, dm = arm.module, arm.datamodule
+    module._configure_vocabulary(dm.vocabulary, dm.object_names)
+    net = module.model.eval()
+    with torch.inference_mode():
+        tokens = [(net.image_encoder(x).tokens, image_ids(paths)) for x, paths in images]
+        info = net.memory.build(tokens) if net.memory is not None else None
+    net.embed_vocabulary()
+    patchcore = PatchCorePeer(coreset_ratio=settings.coreset_ratio)
+    patchcore.fit([SimpleNamespace(image=x, label=torch.zeros(len(x), dtype=torch.long)) for x, _ in images],
+                  log=lambda *_: None)
+    models = {"clipmdc_offline_real": net, "supersimplenet": SuperSimpleNetPeer(supervised=True).eval(),
+              "patchcore": patchcore.eval()}
+    log(f"latency models: CLIP-MDC memory {info}, PatchCore bank {tuple(patchcore.model.memory_bank.shape)}")
+    return models, [x for x, _ in images]
+
+
+def _ort_session(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})
+
+
+def onnx_models(models: dict[str, Any], size: int, calibration: list[torch.Tensor], workdir: Path, threads: int
+                ) -> tuple[dict[str, dict[str, Callable]], dict[str, str]]:
+    """ONNX Runtime sessions: every model in float32, CLIP-MDC also in INT8 (static, calibrated on the normal
+    images; :mod:`clipmdc.quantize`). Returns ``({runtime: {model: fn}}, {model: error})``."""
+    from clipmdc.export import export_onnx
+    from clipmdc.quantize import quantize_onnx
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    fp32: dict[str, Callable] = {}
+    errors: dict[str, str] = {}
+    for name, model in models.items():
+        path = workdir / f"{name}.onnx"
+        try:
+            if name.startswith("clipmdc"):
+                export_onnx(model, path, image_size=size)
+            else:
+                with torch.no_grad():
+                    torch.onnx.export(model, (torch.rand(2, 3, size, size),), str(path), input_names=["image"],
+                                      dynamic_axes={"image": {0: "batch"}}, opset_version=18, dynamo=False)
+            fp32[name] = _ort_session(path, threads)
+        except Exception as e:  # a peer that does not export must not lose the others' timings
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    runtimes = {"onnxruntime_fp32": fp32}
+    if "clipmdc_offline_real" in fp32:
+        int8 = quantize_onnx(workdir / "clipmdc_offline_real.onnx", workdir / "clipmdc_int8.onnx", "static",
+                             [x.numpy() for x in calibration])
+        runtimes["onnxruntime_int8"] = {"clipmdc_offline_real": _ort_session(int8, threads)}
+    return runtimes, errors
+
+
+def _ratios(rows: dict[str, dict[str, float]], peers: Sequence[str], batches: Sequence[int],
+            ours: str = "clipmdc_offline_real") -> dict[str, dict[str, float]]:
+    out = {}
+    for name in peers:
+        if name in rows and ours in rows:
+            out[name] = {f"b{b}_latency_ratio": rows[ours][f"b{b}_ms_per_batch"] / rows[name][f"b{b}_ms_per_batch"]
+                         for b in batches} | {
+                f"b{b}_throughput_ratio": rows[ours][f"b{b}_images_per_s"] / rows[name][f"b{b}_images_per_s"]
+                for b in batches}
+    return out
+
+
+def run_latency(settings: Settings, data_config: Path | None, data_root: Path | None, workdir: Path, threads: int
+                ) -> dict[str, Any]:
+    """CPU latency/throughput side by side in one run: torch (NCHW and channels_last), ONNX Runtime float32 and
+    CLIP-MDC's INT8 file (+ a GPU section when CUDA is present)."""
+    models, images = build_models(settings, data_config, data_root, workdir / "latency")
+    size, batches = settings.latency_size, list(settings.latency_batches)
+    timing = dict(size=size, batches=batches, rounds=settings.latency_rounds, iters=settings.latency_iters)
+    runtimes, errors = onnx_models(models, size, images, workdir / "latency_onnx", threads)
+    # NCHW torch and every ONNX Runtime session in one interleaved measurement (the same machine load for all)
+    together = {f"torch/{k}": m for k, m in models.items()}
+    together |= {f"{rt}/{k}": fn for rt, fns in runtimes.items() for k, fn in fns.items()}
+    rows = measure_latency(together, **timing)
+    cpu = {"nchw": {k.split("/", 1)[1]: v for k, v in rows.items() if k.startswith("torch/")}}
+    ort_rows = {rt: {k.split("/", 1)[1]: v for k, v in rows.items() if k.startswith(rt + "/")} for rt in runtimes}
+    for m in models.values():  # then channels_last (converts the models in place)
+        m.to(memory_format=torch.channels_last)
+    cpu["channels_last"] = measure_latency(models, channels_last=True, **timing)
+    ratios = {layout: _ratios(rows, ("supersimplenet", "patchcore"), batches) for layout, rows in cpu.items()}
+    ratios |= {rt: _ratios(rows | ort_rows["onnxruntime_fp32"] if rt != "onnxruntime_fp32" else rows,
+                           ("supersimplenet", "patchcore"), batches) for rt, rows in ort_rows.items()}
+    b1, bn = batches[0], batches[-1]
+    judged = {k: v.get("supersimplenet") for k, v in ratios.items() if k != "onnxruntime_int8"}
+    checks = {k: None if r is None else (r[f"b{b1}_latency_ratio"] <= 0.7 and r[f"b{bn}_throughput_ratio"] >= 1.0)
+              for k, r in judged.items()}
     goal = {
-        "description": f"CLIP-MDC offline_real latency (batch {b1}, CPU) <= SuperSimpleNet's, in both memory layouts",
-        "per_layout": per_layout,
-        "met": None
-        if not have_ssn
-        else all(v["clipmdc_ms"] <= v["supersimplenet_ms"] for v in per_layout.values()),
+        "description": f"CLIP-MDC offline_real (preset defaults, memory) at {size}x{size}, {threads} thread(s): "
+        f"batch-{b1} latency <= 0.7x SuperSimpleNet's and batch-{bn} throughput >= SuperSimpleNet's, in torch "
+        "(both layouts) and in ONNX Runtime float32 (INT8 reported beside, against SuperSimpleNet's float32)",
+        "per_runtime": {k: {**(judged[k] or {}), "met": v} for k, v in checks.items()},
+        "met": None if any(v is None for v in checks.values()) else all(checks.values()),
     }
     return {
         "settings": {
-            "image_size": cfg["latency_size"],
-            "batches": batches,
+            **settings.record(),
             "threads": threads,
-            "rounds": cfg["latency_rounds"],
-            "iterations_per_round": {str(k): v for k, v in cfg["latency_iters"].items()},
-            "dtype": "float32",
+            "dtype": "float32 (torch, onnxruntime_fp32); int8 weights+activations (onnxruntime_int8: "
+            "clipmdc.quantize static QDQ, MinMax-calibrated on the memory's normal images)",
             "layouts": "nchw: models and inputs as built (contiguous); channels_last: every model converted with "
-            ".to(memory_format=torch.channels_last) and channels_last inputs (helps oneDNN convolutions)",
+            ".to(memory_format=torch.channels_last) and channels_last inputs",
+            "onnxruntime": "CPUExecutionProvider, intra_op_num_threads = threads, sequential; float32 files "
+            "exported at the latency size with a dynamic batch axis (CLIP-MDC: clipmdc.export.export_onnx)",
             "timing": "best of `rounds` interleaved rounds (all models per round) after warm-up calls; "
             "torch.inference_mode; input already a (B, 3, S, S) tensor in [0, 1]; each model's full "
-            "forward incl. its own normalisation and map upsampling to S x S",
-            "models": {
-                "clipmdc_offline_real": "the supervised-regime network (6-class vocabulary; text embeddings "
-                "precomputed once, as in deployment)",
-                "supersimplenet": "anomalib SupersimplenetModel eval forward (score + upsampled, blurred map)",
-                "patchcore": "anomalib PatchcoreModel eval forward (nearest-neighbour search in the memory "
-                "bank built at the training image size, then upsampled, blurred map)",
-            },
+            "forward incl. its own normalisation and map upsampling/smoothing to S x S",
+            "models": MODELS,
         },
         "cpu": cpu,
+        "onnxruntime": ort_rows,
+        "onnx_export_errors": errors,
         "ratios": ratios,
         "goal": goal,
-        "gpu": run_gpu_latency(cfg),
+        "gpu": run_gpu_latency(settings),
     }
 
 
 def run_gpu_latency(
-    cfg: dict[str, Any], device: torch.device | None = None, compile: bool = True
+    settings: Settings, device: torch.device | None = None, compile: bool = True
 ) -> dict[str, Any]:
     """bf16 + channels_last + ``torch.compile`` timings of ``vit_b16`` (random weights) and ``offline_real``.
 
@@ -175,13 +249,13 @@ def run_gpu_latency(
         "device": name,
         "channels_last": True,
         "compile": compile,
-        "image_size": cfg["latency_size"],
+        "image_size": settings.latency_size,
     }
     built = {
         "vit_b16": lambda: vit_b16(pretrained=None, backbone_weights=PACKAGE_WEIGHTS),
         "offline_real": offline_real,
     }
-    rounds = max(5, cfg["latency_rounds"]) if device.type == "cuda" else 1
+    rounds = max(5, settings.latency_rounds) if device.type == "cuda" else 1
     iters = {1: 50, 32: 10} if device.type == "cuda" else {1: 1, 32: 1}
     results: dict[str, Any] = {}
     for key, build in built.items():
@@ -209,7 +283,7 @@ def run_gpu_latency(
                     dtype = torch.float32
                 res = measure_latency(
                     {key: fn},
-                    cfg["latency_size"],
+                    settings.latency_size,
                     [1, 32],
                     rounds=rounds,
                     iters=iters,

