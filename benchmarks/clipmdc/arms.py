@@ -90,13 +90,14 @@ def overrides(settings: Settings, workdir: Path, data_root: Path | None) -> list
 
 
 def build_arm(regime: str, data_config: Path | None, settings: Settings, workdir: Path,
-              data_root: Path | None = None) -> Arm:
-    """Builds the arm ``regime`` through :class:`common.cli.DefectCLI` (``run=False``), subsampled."""
+              data_root: Path | None = None, extra: list[str] | None = None) -> Arm:
+    """Builds the arm ``regime`` through :class:`common.cli.DefectCLI` (``run=False``), subsampled; ``extra``:
+    further command-line overrides (last, so they win)."""
     from common.cli import DefectCLI
 
     config = ARMS_DIR / f"clipmdc_{regime}.yaml"
     args = ["--config", str(config)] + (["--config", str(data_config)] if data_config else [])
-    args += overrides(settings, workdir / regime, data_root)
+    args += overrides(settings, workdir / regime, data_root) + list(extra or [])
     cli = DefectCLI(args=args, run=False)
     cut = subsample(cli.datamodule.reader, settings.per_class)
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True))

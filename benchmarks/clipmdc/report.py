@@ -67,7 +67,7 @@ def compare(results: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], d
     return rows, goal
 
 
-def accuracy_table(results: dict[str, dict[str, Any]], dataset: str = "Magnetic Tile") -> None:
+def accuracy_table(results: dict[str, dict[str, Any]], dataset: str = "Magnetic Tile", split: str = "test") -> None:
     keys = (*ANOMALY_KEYS, *EXTRA_KEYS, *TYPE_KEYS)
     rows = []
     for regime in REGIMES:
@@ -78,7 +78,7 @@ def accuracy_table(results: dict[str, dict[str, Any]], dataset: str = "Magnetic 
                 + [r.get("epochs", "-"), r.get("best_epoch", "-"), round(r.get("train_s", 0.0), 1)]
             )
     _common.print_table(
-        f"{dataset}, test split (higher is better; type metrics: CLIP-MDC only)",
+        f"{dataset}, {split} split (higher is better; type metrics: CLIP-MDC only)",
         ["regime", "model", *[LABELS[k] for k in keys], "epochs", "best", "train s"],
         rows,
     )
@@ -173,9 +173,10 @@ def print_accuracy(
     goal: dict[str, Any],
     decisions_goal: dict[str, Any],
     dataset: str = "Magnetic Tile",
+    split: str = "test",
 ) -> None:
     """The accuracy, decisions and comparison tables."""
-    accuracy_table(results, dataset)
+    accuracy_table(results, dataset, split)
     _common.print_table(
         "CLIP-MDC decisions at the calibrated thresholds, test split (ONNX: agreement with PyTorch)",
         _decisions.HEADER,

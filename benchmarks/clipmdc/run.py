@@ -18,6 +18,7 @@ from benchmarks.clipmdc.arms import build_arm, clipmdc_predict, quiet_lightning,
 from benchmarks.clipmdc.data import evaluate, split_counts
 from benchmarks.clipmdc.int8 import int8_metrics
 from benchmarks.clipmdc.latency import run_latency
+from benchmarks.clipmdc.levers import image_score_levers
 from benchmarks.clipmdc.peers import run_patchcore, run_supersimplenet
 from benchmarks.clipmdc.report import (
     compare,
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-only", action="store_true", help="only the latency section (no training)")
     p.add_argument("--no-int8", action="store_true", help="no INT8 metric change on the trained models")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="extra CLI override of every arm, e.g. --set model.init_args.model.init_args.memory_weight 16")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON files go")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1, see below)")
     p.add_argument("--eval-split", choices=("test", "val"), default="test", help="val: development only")
@@ -123,7 +126,8 @@ def _regime(
     a: argparse.Namespace, settings: Settings, regime: str, data_root: Path | None, workdir: Path
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """CLIP-MDC's arm of ``regime`` and its peers: ``({model: result}, resolved config, split/subsample)``."""
-    arm = build_arm(regime, a.data_config, settings, workdir, data_root)
+    extra = [x for key, value in a.set for x in (f"--{key}", value)]
+    arm = build_arm(regime, a.data_config, settings, workdir, data_root, extra)
     dm = arm.datamodule
     split = {"split_counts": split_counts(dm), "subsample": arm.subsample}
     log(f"[clipmdc/{regime}] {arm.config.name} + {a.data_config.name}: split {split['split_counts']}")
@@ -133,6 +137,9 @@ def _regime(
     res["onnx"] = _decisions.onnx_agreement(arm.module, eval_loader, image_size)
     if not a.no_int8:
         res["int8"] = int8_metrics(arm.module, dm, eval_loader, image_size, workdir / f"{regime}_int8", res)
+    if a.eval_split == "val" and regime == "normal_only":  # levers are chosen on val only
+        res["levers"] = image_score_levers(arm.module, eval_loader)
+        log(f"[clipmdc/{regime}] image-score levers (val): {res['levers']}")
     if regime == "supervised":  # the shared evaluation loop reproduces trainer.test
         shared = evaluate(clipmdc_predict(arm.module), eval_loader, num_types=len(arm.module.model.defect_types))
         res["shared_eval_max_abs_diff"] = max(abs(shared[k] - res[k]) for k in (*ANOMALY_KEYS, *TYPE_KEYS))
@@ -178,7 +185,7 @@ def _accuracy(
         "notes": notes_for(results, a.eval_split),
         "wall_s": time.perf_counter() - t_start,
     }
-    print_accuracy(results, comparisons, goal, decisions_goal, name)
+    print_accuracy(results, comparisons, goal, decisions_goal, name, a.eval_split)
     path = write(results_dir, f"clipmdc_{a.data_config.stem}{suffix}", payload)
     log(f"results written to {path}")
     return payload
