@@ -93,12 +93,17 @@ def build_arm(regime: str, data_config: Path | None, settings: Settings, workdir
               data_root: Path | None = None, extra: list[str] | None = None) -> Arm:
     """Builds the arm ``regime`` through :class:`common.cli.DefectCLI` (``run=False``), subsampled; ``extra``:
     further command-line overrides (last, so they win)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from common.cli import DefectCLI
 
     config = ARMS_DIR / f"clipmdc_{regime}.yaml"
     args = ["--config", str(config)] + (["--config", str(data_config)] if data_config else [])
     args += overrides(settings, workdir / regime, data_root) + list(extra or [])
     cli = DefectCLI(args=args, run=False)
+    for cb in cli.trainer.callbacks:  # the config's checkpoint folder (under runs/) -> the benchmark's work folder
+        if isinstance(cb, ModelCheckpoint):
+            cb.dirpath = str(workdir / regime / "checkpoints")
     cut = subsample(cli.datamodule.reader, settings.per_class)
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True))
     return Arm(regime, config, args, cli.model, cli.datamodule, cli.trainer, resolved, cut)

@@ -186,6 +186,7 @@ def _accuracy(
         "wall_s": time.perf_counter() - t_start,
     }
     print_accuracy(results, comparisons, goal, decisions_goal, name, a.eval_split)
-    path = write(results_dir, f"clipmdc_{a.data_config.stem}{suffix}", payload)
+    part = "" if set(a.regimes) == set(REGIMES) else "_" + "_".join(r for r in REGIMES if r in a.regimes)
+    path = write(results_dir, f"clipmdc_{a.data_config.stem}{part}{suffix}", payload)
     log(f"results written to {path}")
     return payload
