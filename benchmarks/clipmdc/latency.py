@@ -114,9 +114,12 @@ def build_models(settings: Settings, data_config: Path | None, data_root: Path |
     from anomalib.models.components.sampling import k_center_greedy
 
     patchcore = PatchCorePeer(coreset_ratio=settings.coreset_ratio)
-    k_center_greedy.tqdm = _no_tqdm  # no per-iteration progress bar in the benchmark output
-    patchcore.fit([SimpleNamespace(image=x, label=torch.zeros(len(x), dtype=torch.long)) for x, _ in images],
-                  log=lambda *_: None)
+    original, k_center_greedy.tqdm = k_center_greedy.tqdm, _no_tqdm  # no per-iteration progress bar
+    try:
+        patchcore.fit([SimpleNamespace(image=x, label=torch.zeros(len(x), dtype=torch.long)) for x, _ in images],
+                      log=lambda *_: None)
+    finally:
+        k_center_greedy.tqdm = original
     models = {"clipmdc_offline_real": net, "supersimplenet": SuperSimpleNetPeer(supervised=True).eval(),
               "patchcore": patchcore.eval()}
     log(f"latency models: CLIP-MDC memory {info}, PatchCore bank {tuple(patchcore.model.memory_bank.shape)}")
