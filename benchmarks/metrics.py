@@ -265,7 +265,97 @@ def _child(mode: str, cfg: dict[str, Any], seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _subset_loop(
+    cfg: dict[str, Any], maps_np: np.ndarray, masks_np: np.ndarray, cls: Any, L: float, num_bins: int, notes: list[str]
+) -> tuple[dict[str, Any], dict[str, float | None], float]:
+    """Plain threshold loop on a subset with quantized scores (all methods evaluated on the same subset)."""
+    ns = cfg["subset_maps"]
+    sub_maps = (np.floor(maps_np[:ns] * SUBSET_LEVELS) + 0.5).astype(np.float32) / SUBSET_LEVELS
+    sub_masks = masks_np[:ns]
+    sub_chunks = [(torch.from_numpy(sub_maps), torch.from_numpy(sub_masks))]
+    log(f"plain threshold loop on {ns} maps")
+    t0 = time.perf_counter()
+    loop = reference_aupro_loop(sub_maps, sub_masks, L)
+    loop_time = time.perf_counter() - t0
+    sub_values = {
+        "ours_exact": run_ours(sub_chunks, "exact", L, num_bins),
+        "ours_binned": run_ours(sub_chunks, "binned", L, num_bins),
+        "reference_mvtec": reference_aupro_mvtec(sub_maps, sub_masks, L),
+        "anomalib": run_anomalib(cls, sub_chunks, L) if cls is not None else None,
+    }
+    subset = {
+        "maps": ns,
+        "score_levels": SUBSET_LEVELS,
+        "plain_loop": loop,
+        "plain_loop_time_s": loop_time,
+        "values": sub_values,
+        "deviation_from_plain_loop": {
+            k: (abs(v - loop) if v is not None else None) for k, v in sub_values.items()
+        },
+    }
+    notes.append(
+        f"plain_loop runs on the first {ns} maps with scores quantized to {SUBSET_LEVELS} levels: a loop "
+        "over all ~10^8 distinct scores of the full set is infeasible; the full-set reference is the "
+        "numpy port of the MVTec evaluation code, which agrees with the loop on the subset."
+    )
+
+    return subset, sub_values, loop
+
+
+def _print(
+    values: dict[str, float | None],
+    times: dict[str, float | None],
+    deviation: dict[str, float | None],
+    sub_values: dict[str, float | None],
+    loop: float,
+    cfg: dict[str, Any],
+    data: dict[str, Any],
+    L: float,
+    ns: int,
+    threads: int,
+) -> None:
+    rows = []
+    for k in ("ours_exact", "ours_binned", "reference_mvtec", "anomalib"):
+        v, t = values[k], times[k]
+        rows.append(
+            [
+                k,
+                "-" if v is None else f"{v:.6f}",
+                "-" if t is None else f"{t:.3f}",
+                "-" if k == "reference_mvtec" or deviation.get(k) is None else f"{deviation[k]:.2e}",
+                "-" if not times.get("anomalib") or t is None else f"{times['anomalib'] / t:.2f}",
+                "-" if sub_values[k] is None else f"{abs(sub_values[k] - loop):.2e}",
+            ]
+        )
+    _common.print_table(
+        f"AUPRO@{L} on {cfg['num_maps']} maps {cfg['size']}x{cfg['size']} ({data['components']} GT components, "
+        f"{threads} thread(s))",
+        [
+            "method",
+            "AUPRO",
+            "time_s",
+            "|dev| vs MVTec ref",
+            "anomalib_time/time",
+            f"|dev| vs loop ({ns} maps)",
+        ],
+        rows,
+    )
+
+
+def _print_memory_notes(memory: dict[str, Any], notes: list[str]) -> None:
+    if memory:
+        print(
+            "peak RSS GiB: "
+            + ", ".join(
+                f"{m}={d['peak_rss_gib']:.2f} (baseline {d['baseline_rss_gib']:.2f})"
+                for m, d in memory.items()
+            )
+        )
+    for n in notes:
+        print("note:", n)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.metrics", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair and polite on shared CPUs)")
@@ -276,7 +366,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RAM subprocesses")
     p.add_argument("--_child", choices=["exact", "binned"], help=argparse.SUPPRESS)
     p.add_argument("--_cfg", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = _parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     if a._child:
         _child(a._child, json.loads(a._cfg), a.seed)
@@ -332,36 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reference_mvtec_over_ours_exact": ratio("reference_mvtec", "ours_exact"),
     }
 
-    # Plain threshold loop on a subset with quantized scores (all methods evaluated on the same subset).
-    ns = cfg["subset_maps"]
-    sub_maps = (np.floor(maps_np[:ns] * SUBSET_LEVELS) + 0.5).astype(np.float32) / SUBSET_LEVELS
-    sub_masks = masks_np[:ns]
-    sub_chunks = [(torch.from_numpy(sub_maps), torch.from_numpy(sub_masks))]
-    log(f"plain threshold loop on {ns} maps")
-    t0 = time.perf_counter()
-    loop = reference_aupro_loop(sub_maps, sub_masks, L)
-    loop_time = time.perf_counter() - t0
-    sub_values = {
-        "ours_exact": run_ours(sub_chunks, "exact", L, a.num_bins),
-        "ours_binned": run_ours(sub_chunks, "binned", L, a.num_bins),
-        "reference_mvtec": reference_aupro_mvtec(sub_maps, sub_masks, L),
-        "anomalib": run_anomalib(cls, sub_chunks, L) if cls is not None else None,
-    }
-    subset = {
-        "maps": ns,
-        "score_levels": SUBSET_LEVELS,
-        "plain_loop": loop,
-        "plain_loop_time_s": loop_time,
-        "values": sub_values,
-        "deviation_from_plain_loop": {
-            k: (abs(v - loop) if v is not None else None) for k, v in sub_values.items()
-        },
-    }
-    notes.append(
-        f"plain_loop runs on the first {ns} maps with scores quantized to {SUBSET_LEVELS} levels: a loop "
-        "over all ~10^8 distinct scores of the full set is infeasible; the full-set reference is the "
-        "numpy port of the MVTec evaluation code, which agrees with the loop on the subset."
-    )
+    subset, sub_values, loop = _subset_loop(cfg, maps_np, masks_np, cls, L, a.num_bins, notes)
 
     notes.append(
         "ours and anomalib return float32 scalars, so deviations near 1e-8 are float32 rounding; "
@@ -396,42 +461,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     path = _common.write_results("metrics_quick" if a.quick else "metrics", payload)
 
-    rows = []
-    for k in ("ours_exact", "ours_binned", "reference_mvtec", "anomalib"):
-        v, t = values[k], times[k]
-        rows.append(
-            [
-                k,
-                "-" if v is None else f"{v:.6f}",
-                "-" if t is None else f"{t:.3f}",
-                "-" if k == "reference_mvtec" or deviation.get(k) is None else f"{deviation[k]:.2e}",
-                "-" if not times.get("anomalib") or t is None else f"{times['anomalib'] / t:.2f}",
-                "-" if sub_values[k] is None else f"{abs(sub_values[k] - loop):.2e}",
-            ]
-        )
-    _common.print_table(
-        f"AUPRO@{L} on {cfg['num_maps']} maps {cfg['size']}x{cfg['size']} ({data['components']} GT components, "
-        f"{a.threads} thread(s))",
-        [
-            "method",
-            "AUPRO",
-            "time_s",
-            "|dev| vs MVTec ref",
-            "anomalib_time/time",
-            f"|dev| vs loop ({ns} maps)",
-        ],
-        rows,
-    )
-    if memory:
-        print(
-            "peak RSS GiB: "
-            + ", ".join(
-                f"{m}={d['peak_rss_gib']:.2f} (baseline {d['baseline_rss_gib']:.2f})"
-                for m, d in memory.items()
-            )
-        )
-    for n in notes:
-        print("note:", n)
+    _print(values, times, deviation, sub_values, loop, cfg, data, L, ns=subset["maps"], threads=a.threads)
+    _print_memory_notes(memory, notes)
     print(f"wrote {path}")
     return payload
 

@@ -152,13 +152,27 @@ class SuperSimpleNetPeer(nn.Module):
         milestones = sorted({max(1, int(epochs * 0.8)), max(1, int(epochs * 0.9))})
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.4)
 
-    def fit(self, batches_per_epoch: Any, epochs: int, log: Any = print) -> dict[str, Any]:
-        """Trains on ``batches_per_epoch()`` (an iterable of ``DefectBatch`` per call) for ``epochs``."""
+    def fit(
+        self,
+        batches_per_epoch: Any,
+        epochs: int,
+        log: Any = print,
+        val_score: Any = None,
+        patience: int | None = None,
+    ) -> dict[str, Any]:
+        """Trains on ``batches_per_epoch()`` (an iterable of ``DefectBatch`` per call) for at most ``epochs``.
+
+        With ``val_score`` (a function of the model returning a number, higher is better) the model is scored
+        after every epoch, training stops once the score has not improved for ``patience`` epochs, and the
+        best epoch's weights are kept: the benchmark's budget rule, the same as Lightning's ``EarlyStopping``
+        + ``ModelCheckpoint`` give CLIP-MDC.
+        """
         optimizer, scheduler = self.configure_optimizer(epochs)
         trainable = [p for p in self.parameters() if p.requires_grad]
-        self.train()
-        losses = []
+        losses, scores = [], []
+        best_state, best_epoch = None, 0
         for epoch in range(epochs):
+            self.train()
             total, n = 0.0, 0
             for batch in batches_per_epoch():
                 loss = self.training_loss(batch.image, batch.mask, batch.label)
@@ -170,9 +184,22 @@ class SuperSimpleNetPeer(nn.Module):
                 total, n = total + float(loss.detach()), n + 1
             scheduler.step()
             losses.append(total / max(n, 1))
-            log(f"  supersimplenet epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+            msg = f"  supersimplenet epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}"
+            if val_score is not None:
+                self.eval()
+                scores.append(float(val_score(self)))
+                msg += f", val score {scores[-1]:.4f}"
+                if len(scores) == 1 or scores[-1] > max(scores[:-1]):  # strict, as ModelCheckpoint/EarlyStopping
+                    best_epoch = epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+            log(msg)
+            if patience is not None and scores and epoch + 1 - best_epoch >= patience:
+                break
+        if best_state is not None:
+            self.load_state_dict(best_state)
         self.eval()
-        return {"epoch_losses": losses}
+        return {"epoch_losses": losses, "val_scores": scores, "epochs": len(losses),
+                "best_epoch": best_epoch or len(losses)}
 
 
 class PatchCorePeer(nn.Module):

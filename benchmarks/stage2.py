@@ -269,7 +269,7 @@ KEYS = ("miou", "base_iou", "novel_iou", "accuracy", "macro_f1", "segm_map_50", 
         "bbox_map", "pixel_auroc", "pixel_aupro")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stage2", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run, < 1 min)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -290,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-captions", action="store_true",
                    help="skip the caption-only supervision run (EfficientNet-Lite0 features)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared 2-core machine)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    a = _parser().parse_args(argv)
     cfg = dict(QUICK if a.quick else FULL)
     for key in ("image_size", "vae_steps", "stage1_steps", "epochs", "shots"):
         if getattr(a, key) is not None:

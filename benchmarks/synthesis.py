@@ -125,6 +125,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    """The images/s table of the measured rows."""
+    table = [
+        [
+            r["size"],
+            r["case"],
+            r["ours_per_sample_ips"],
+            r["ours_batched_ips"],
+            "-" if r["anomalib_ips"] is None else r["anomalib_ips"],
+            "-" if r["ratio_per_sample"] is None else r["ratio_per_sample"],
+            "-" if r["ratio_batched"] is None else r["ratio_batched"],
+            f"{r['ours_anomalous_fraction']:.2f}"
+            + (
+                ""
+                if r["anomalib_anomalous_fraction"] is None
+                else f" / {r['anomalib_anomalous_fraction']:.2f}"
+            ),
+        ]
+        for r in rows
+    ]
+    _common.print_table(
+        "Perlin anomaly synthesis, images/s on 1 CPU thread (higher is better)",
+        [
+            "size",
+            "case",
+            "ours per-sample",
+            "ours batched",
+            "anomalib",
+            "ratio per-sample",
+            "ratio batched",
+            "anomalous ours / anomalib",
+        ],
+        table,
+    )
+
+
 def _run(a: argparse.Namespace) -> dict[str, Any]:
     cfg = dict(QUICK if a.quick else FULL)
 
@@ -202,38 +238,7 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
         },
     }
     path = _common.write_results("synthesis_quick" if a.quick else "synthesis", payload)
-    table = [
-        [
-            r["size"],
-            r["case"],
-            r["ours_per_sample_ips"],
-            r["ours_batched_ips"],
-            "-" if r["anomalib_ips"] is None else r["anomalib_ips"],
-            "-" if r["ratio_per_sample"] is None else r["ratio_per_sample"],
-            "-" if r["ratio_batched"] is None else r["ratio_batched"],
-            f"{r['ours_anomalous_fraction']:.2f}"
-            + (
-                ""
-                if r["anomalib_anomalous_fraction"] is None
-                else f" / {r['anomalib_anomalous_fraction']:.2f}"
-            ),
-        ]
-        for r in rows
-    ]
-    _common.print_table(
-        "Perlin anomaly synthesis, images/s on 1 CPU thread (higher is better)",
-        [
-            "size",
-            "case",
-            "ours per-sample",
-            "ours batched",
-            "anomalib",
-            "ratio per-sample",
-            "ratio batched",
-            "anomalous ours / anomalib",
-        ],
-        table,
-    )
+    _print_rows(rows)
     if note:
         print(f"note: {note}")
     print(f"results written to {path}")

@@ -302,6 +302,10 @@ def export_main(argv: Sequence[str]) -> None:
     p.add_argument("--out", default="model.onnx")
     p.add_argument("--torchscript", default=None, help="also write a TorchScript file here")
     p.add_argument("--object", default=None, help="object whose prompts to use (per-object prompt models)")
+    p.add_argument("--int8", choices=("dynamic", "static"), default=None,
+                   help="also write an INT8 file next to --out (clipmdc.quantize; static: calibrated on "
+                   "--calibration-images training images)")
+    p.add_argument("--calibration-images", type=int, default=32, help="training images for --int8 static")
     a = p.parse_args(argv)
     from common.cli import DefectCLI
 
@@ -319,6 +323,26 @@ def export_main(argv: Sequence[str]) -> None:
           f"{t['pixel_threshold']:.4g} ({t['pixel_threshold_mode']}))")
     if a.torchscript:
         print(f"TorchScript: {export_torchscript(module.model, a.torchscript, size, object_index)}")
+    if a.int8:
+        from clipmdc.quantize import quantize_onnx
+
+        int8 = Path(a.out).with_name(Path(a.out).stem + f"_int8_{a.int8}.onnx")
+        calibration = None
+        if a.int8 == "static":
+            batches = (b.image.numpy() for b in dm.train_dataloader())
+            calibration = _first_images(batches, a.calibration_images)
+        print(f"INT8 ({a.int8}): {quantize_onnx(path, int8, a.int8, calibration)}")
+
+
+def _first_images(batches: Any, n: int) -> list[np.ndarray]:
+    """The first ``n`` images of ``batches`` (``(B, 3, H, W)`` arrays), as a list of batches."""
+    out, seen = [], 0
+    for b in batches:
+        if seen >= n:
+            break
+        out.append(b[: n - seen])
+        seen += len(out[-1])
+    return out
 
 
 def onnx_predict_main(argv: Sequence[str]) -> int:

@@ -31,6 +31,7 @@ from torch import nn
 
 from clipmdc.decoder import Adapter, FusionDecoder, factorized_type_logits, gaussian_smooth, topk_mean
 from clipmdc.memory import NormalMemory
+from clipmdc.memory_score import memory_image_score
 from clipmdc.output import CLIPMDCOutput
 from clipmdc.prompts import PromptBank, Prompts
 from common.encoders.backbone import TimmBackbone
@@ -65,7 +66,12 @@ class CLIPMDC(nn.Module):
         memory_weight: Initial weight ``w`` of the memory term ``w * (distance - 1)`` of the anomaly logit
             (learned). Large: the decoder starts from the memory's verdict and learns corrections.
         smooth_sigma: Gaussian smoothing (pixels, at the input size) of the output anomaly map, as PatchCore
-            and SuperSimpleNet smooth theirs (sigma 4); 0 for none. Part of the model in training and eval.
+            and SuperSimpleNet smooth theirs (sigma 4); 0 for none. Applied at the decoder grid with
+            ``sigma / decoder_stride`` before the upsampling (about the same blur, far cheaper). Part of the model
+            in training and eval.
+        memory_image_weight: Weight ``v`` of the memory's PatchCore-style image score ``s``
+            (:func:`clipmdc.memory_score.memory_image_score`) in the image logit, ``+ v * (s - 1)``; a fixed
+            constant (not learned); 0 for none.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class CLIPMDC(nn.Module):
         memory: NormalMemory | None = None,
         memory_weight: float = 8.0,
         smooth_sigma: float = 0.0,
+        memory_image_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -95,6 +102,7 @@ class CLIPMDC(nn.Module):
         self.decoder_stride = decoder_stride
         self.topk = topk
         self.smooth_sigma = smooth_sigma
+        self.memory_image_weight = float(memory_image_weight)
         dim = text_encoder.dim
         self.adapters = nn.ModuleList(Adapter(c, dim, adapter_hidden) for c in image_encoder.token_dims)
         self.global_adapter = Adapter(image_encoder.embed_dim, dim, adapter_hidden)
@@ -125,28 +133,6 @@ class CLIPMDC(nn.Module):
         self.register_buffer("anomaly_text", torch.zeros(0), persistent=False)  # (O, D)
         self.prompts: Prompts = self.prompt_bank.build(defect_types, object_names)
         self._text_stale = True
-
-    # ------------------------------------------------------------------ presets (see clipmdc/presets.py)
-    @classmethod
-    def tiny(cls, **overrides) -> CLIPMDC:
-        """Random-init test preset (seconds on CPU). See :func:`clipmdc.presets.tiny`."""
-        from clipmdc.presets import tiny
-
-        return tiny(**overrides)
-
-    @classmethod
-    def vit_b16(cls, **overrides) -> CLIPMDC:
-        """Paper-like preset on open_clip ViT-B-16. See :func:`clipmdc.presets.vit_b16`."""
-        from clipmdc.presets import vit_b16
-
-        return vit_b16(**overrides)
-
-    @classmethod
-    def offline_real(cls, **overrides) -> CLIPMDC:
-        """EfficientNet-Lite0 + MiniLM preset with real offline weights. See :func:`clipmdc.presets.offline_real`."""
-        from clipmdc.presets import offline_real
-
-        return offline_real(**overrides)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -254,6 +240,9 @@ class CLIPMDC(nn.Module):
         g = F.normalize(self.global_adapter(feats.embedding), dim=-1)  # (B, D)
         g_evidence = scale * (g * (anom_text - normal_text)).sum(-1)  # (B,) anomalous vs normal
         image_score = self.image_head(torch.stack([topk, g_evidence], -1)).squeeze(-1)  # (B,)
+        if self.memory is not None and self.memory_image_weight:  # PatchCore's image score as a base
+            mem_score = memory_image_score(self.memory, feats.tokens, exclude=image_ids)  # (B,)
+            image_score = image_score + self.memory_image_weight * (mem_score.to(image_score.dtype) - 1.0)
         attn = anomaly.flatten(2).softmax(-1)  # (B, 1, h*w): where the defect is
         region = (pixel_emb.flatten(2) * attn).sum(-1)  # (B, D)
         embedding = F.normalize(region + g, dim=-1)  # (B, D)
@@ -261,9 +250,13 @@ class CLIPMDC(nn.Module):
         type_logits = factorized_type_logits(image_score.unsqueeze(1), img_def)  # (B, K+1)
 
         full = (H, W)
-        anomaly_full = F.interpolate(anomaly, size=full, mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        # Smoothing at the decoder grid with sigma / stride, then the bilinear upsampling: about the same blur as
+        # sigma at the input size after upsampling (both are a Gaussian convolved with the bilinear kernel), at
+        # 1/stride^2 of the cost (at 256 px and stride 8 the full-size blur was ~6% of a batch-16 forward).
+        stride = 0.5 * (H / anomaly.shape[-2] + W / anomaly.shape[-1])
+        smooth = gaussian_smooth(anomaly, self.smooth_sigma / stride)  # (B, 1, h, w)
         return CLIPMDCOutput(
-            anomaly_map=gaussian_smooth(anomaly_full, self.smooth_sigma),  # (B, 1, H, W)
+            anomaly_map=F.interpolate(smooth, size=full, mode="bilinear", align_corners=False),  # (B, 1, H, W)
             type_map=F.interpolate(type_map, size=full, mode="bilinear", align_corners=False),  # (B, C, H, W)
             image_score=image_score,
             topk_score=topk,

@@ -14,6 +14,7 @@ import inspect
 import re
 from collections.abc import Iterable
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 
 
@@ -28,15 +29,26 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
 
 
 def arguments_of(class_path: str) -> list[str]:
-    """Constructor (or function) argument names of ``class_path``; ``[]`` when it cannot be imported."""
+    """Constructor (or function) argument names of ``class_path``; ``[]`` when it cannot be imported.
+
+    A function forwarding ``**kwargs`` (a preset) lists what jsonargparse resolves them to, as ``--print_config``.
+    """
     module, _, name = class_path.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module), name)
         target = obj.__init__ if inspect.isclass(obj) else obj
-        params = inspect.signature(target).parameters.values()
+        params = list(inspect.signature(target).parameters.values())
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
-    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names = [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not inspect.isclass(obj) and any(p.kind is p.VAR_KEYWORD for p in params):
+        try:
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_function_arguments(obj, "fn", fail_untyped=False)
+            names += [k.split(".", 1)[1] for k in parser.get_defaults().keys() if k.startswith("fn.")]
+        except Exception:  # noqa: BLE001 - a hint only: the own parameters still serve
+            pass
+    return list(dict.fromkeys(n.split(".", 1)[0] for n in names))
 
 
 _NESTED = re.compile(r"""Parser key "([^"]+)"|Problem with given class_path '([^']+)'|Option '([^']+)' is not accepted"""

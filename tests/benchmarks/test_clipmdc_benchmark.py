@@ -29,7 +29,7 @@ def test_quick_run_writes_results(tmp_path, capsys):
     assert acc["benchmark"] == "clipmdc_magnetic_tile_quick" and acc["quick"] is True
     assert acc["eval_split"] == "test" and "versions" in acc["machine"]
     settings = acc["settings"]
-    assert settings["image_size"] == bench.QUICK["image_size"] and settings["epochs"] == 1
+    assert settings["image_size"] == bench.QUICK.image_size and settings["epochs"] == 1
     assert settings["peers"]["layers"] == ["blocks.2", "blocks.4"]
     assert set(settings["split_counts"]) == {"train", "val", "test"}
     assert settings["split_counts"]["test"]["good"] >= 1
@@ -61,6 +61,21 @@ def test_quick_run_writes_results(tmp_path, capsys):
         assert all(0.0 <= theirs[k] <= 1.0 for k in METRICS)
         assert "type_accuracy" not in theirs  # only CLIP-MDC reports defect types
     assert res["normal_only"]["patchcore"]["memory_bank"][1] == 152  # 40 + 112 channels
+    # the second peer of normal_only, and the budget rule: epochs, best epoch, train time for every model
+    assert res["normal_only"]["supersimplenet_unsupervised"]["mode"] == "unsupervised"
+    for regime in bench.REGIMES:
+        for model, r in res[regime].items():
+            assert 1 <= r["best_epoch"] <= r["epochs"] <= 1 and r["train_s"] > 0, (regime, model)
+    # every CLIP-MDC arm is a config of the project's CLI, and the JSON holds what it resolved to
+    for regime in bench.REGIMES:
+        assert res[regime]["clipmdc"]["config"] == f"configs/benchmarks/clipmdc_{regime}.yaml"
+        resolved = settings["resolved_configs"][regime]
+        assert resolved["model"]["init_args"]["regime"] == regime
+        assert resolved["data"]["init_args"]["image_size"] == bench.QUICK.image_size
+        assert resolved["trainer"]["max_epochs"] == 1
+        int8 = res[regime]["clipmdc"]["int8"]
+        assert int8["int8_mb"] < int8["float_mb"] and set(int8["change_vs_torch"]) >= set(METRICS)
+    assert settings["subsample"]["per_class"] == bench.QUICK.per_class
 
     assert len(acc["comparisons"]) == 2 * len(METRICS)
     for c in acc["comparisons"]:
@@ -68,7 +83,7 @@ def test_quick_run_writes_results(tmp_path, capsys):
     assert isinstance(acc["goal"]["met"], bool)
     assert acc["goal"]["met"] == (not acc["goal"]["not_met"])
 
-    assert lat["settings"]["threads"] == 1 and lat["settings"]["image_size"] == bench.QUICK["latency_size"]
+    assert lat["settings"]["threads"] == 1 and lat["settings"]["latency_size"] == bench.QUICK.latency_size
     for layout in lat["cpu"]:
         for model in ("clipmdc_offline_real", "supersimplenet", "patchcore"):
             row = lat["cpu"][layout][model]
@@ -80,6 +95,9 @@ def test_quick_run_writes_results(tmp_path, capsys):
         )
         assert abs(ratio - expected) < 1e-9
     assert isinstance(lat["goal"]["met"], bool)
+    assert set(lat["onnxruntime"]) == {"onnxruntime_fp32", "onnxruntime_int8"}
+    assert lat["onnxruntime"]["onnxruntime_int8"]["clipmdc_offline_real"]["b1_ms_per_batch"] > 0
+    assert "clipmdc_offline_real" in lat["onnxruntime"]["onnxruntime_fp32"]
     assert "skipped" in lat["gpu"] or "models" in lat["gpu"]
     assert out["accuracy"]["results"].keys() == res.keys()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import yaml
 from jsonargparse import ArgumentParser
 
 from clipmdc.model import CLIPMDC
@@ -78,7 +81,28 @@ def test_offline_real_loads_real_weights_and_runs() -> None:
 
 def test_presets_registry() -> None:
     assert set(PRESETS) == {"tiny", "vit_b16", "offline_real"}
-    assert isinstance(CLIPMDC.tiny(), CLIPMDC) and isinstance(tiny(backbone=False), CLIPMDC)
+    assert isinstance(tiny(), CLIPMDC) and isinstance(tiny(backbone=False), CLIPMDC)
+    assert not hasattr(CLIPMDC, "tiny")  # no preset classmethods: clipmdc.model does not import the presets
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_print_config_lists_forwarded_arguments(name: str, capsys) -> None:
+    """Presets forward ``**kwargs`` to ``CLIPMDC``; jsonargparse still lists every argument (and its default)."""
+    from common.cli import DefectCLI
+    from tests.conftest import REPO
+
+    args = ["fit", "--config", str(REPO / "configs" / "clipmdc" / "demo.yaml"),
+            "--model.model", f"clipmdc.presets.{name}", "--model.model.init_args.memory_weight", "3.5",
+            "--print_config"]
+    with pytest.raises(SystemExit) as e:
+        DefectCLI(args=args)
+    assert e.value.code == 0
+    listed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["model"]["init_args"]
+    own = [p for p, v in inspect.signature(PRESETS[name]).parameters.items() if v.kind is v.POSITIONAL_OR_KEYWORD]
+    forwarded = [p for p in inspect.signature(CLIPMDC).parameters
+                 if p not in ("image_encoder", "text_encoder", "backbone")]
+    assert set(own) | set(forwarded) == set(listed), name
+    assert listed["memory_weight"] == 3.5 and listed["defect_types"] == ["good", "defect"]
 
 
 @pytest.mark.slow
