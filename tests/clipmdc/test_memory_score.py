@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from clipmdc.export import OnnxPredictor, export_onnx
-from clipmdc.memory import NormalMemory, image_ids
+from clipmdc.memory import NormalMemory
 from clipmdc.memory_score import memory_image_score
 from clipmdc.presets import tiny
 
@@ -15,7 +15,7 @@ def _built(weight: float = 0.0):
     net = tiny(memory=NormalMemory(coreset_ratio=1.0), memory_image_weight=weight).eval()
     normals = torch.rand(4, 3, 64, 64) * 0.2 + 0.4
     with torch.no_grad():
-        net.memory.build([(net.image_encoder(normals).tokens, image_ids([f"n{i}" for i in range(4)]))])
+        net.memory.build([(net.image_encoder(normals).tokens, torch.arange(4))])
     return net, normals
 
 
@@ -36,7 +36,7 @@ def test_score_is_patchcore_reweighted_max_distance() -> None:
         ref = w * d[p, m] / net.memory.scale
     assert torch.allclose(seen, torch.zeros(4), atol=1e-3)  # every patch is in the (full) bank
     assert (new > 0.1).all() and torch.allclose(new[0], ref, rtol=1e-4, atol=1e-5)
-    ids = image_ids([f"n{i}" for i in range(4)])
+    ids = torch.arange(4)
     with torch.no_grad():  # leave-one-image-out: an image's own entries do not count
         assert (memory_image_score(net.memory, net.image_encoder(normals).tokens, exclude=ids) > 0).all()
 
