@@ -1,0 +1,112 @@
+"""A tiny trained CLIP-MDC checkpoint, a ``defectfm predict`` run of it, and a real ``defectfm serve`` process on a
+free loopback port (started once for the module that asks for it, stopped after)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from common.cli import main
+from common.data.demo import generate_demo_dataset
+from tests.conftest import REPO
+
+DEMO = str(REPO / "configs" / "clipmdc" / "demo.yaml")
+TINY = str(REPO / "configs" / "clipmdc" / "model" / "tiny.yaml")
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+STARTUP_S = 300  # spawning the worker imports torch and Lightning: tens of seconds on a busy 2-core machine
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``defectfm serve``: its URL, process, log file and record folder."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+    record_dir: Path
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the server and the workers it started
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def start_server(args: list[str], folder: Path, startup_s: float = STARTUP_S) -> Server:
+    """Starts ``defectfm serve ARGS`` on a free loopback port and waits until ``/health`` says ``ok``."""
+    port = free_port()
+    record = folder / "record"
+    log = folder / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "common.cli", "serve", "--port", str(port), "--record_dir", str(record), *args]
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, record)
+    deadline = time.monotonic() + startup_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"defectfm serve exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if requests.get(server.url + "/health", timeout=2).text == "ok":
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"defectfm serve not healthy after {startup_s} s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def trained_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny CLIP-MDC trained one epoch through ``lightning fit`` on generated data, and a ``defectfm predict``
+    run of it on the plate's test images (the review page's source)."""
+    tmp = tmp_path_factory.mktemp("serve_trained")
+    data = generate_demo_dataset(tmp / "demo", image_size=48, n_train_good=3, n_test_good=2, n_test_defect=2)
+    ckpt_dir = tmp / "ckpt"
+    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(ckpt_dir), "save_last": True}}])
+    assert main(["fit", "--config", DEMO, "--config", TINY, *QUIET, "--data.init_args.reader.init_args.root",
+                 str(data), "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
+                 "--trainer.max_epochs", "1", "--trainer.callbacks", callbacks,
+                 "--trainer.default_root_dir", str(tmp / "runs")]) == 0
+    folder = data / "plate" / "test"
+    run = tmp / "predict_run"
+    assert main(["predict", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--input", str(folder), "--out", str(run),
+                 "--num_workers", "0", "--object", "plate"]) == 0
+    return {"data": data, "ckpt": ckpt_dir / "last.ckpt", "images": folder, "run": run, "tmp": tmp}
+
+
+@pytest.fixture(scope="session")
+def clip_server(trained_clip: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``defectfm serve`` of the tiny CLIP-MDC (batches of up to 8, 50 ms wait), reviewing the predict run."""
+    folder = tmp_path_factory.mktemp("serve_clip")
+    server = start_server(["--ckpt_path", str(trained_clip["ckpt"]), "--max_batch_size", "8", "--batch_timeout",
+                           "0.05", "--max_pixels", "4000000", "--max_bytes", "3000000", "--review_dir",
+                           str(trained_clip["run"]), "--labels_csv", str(folder / "labels.csv")], folder)
+    yield server
+    server.stop()
