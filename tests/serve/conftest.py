@@ -110,3 +110,38 @@ def clip_server(trained_clip: dict[str, Path], tmp_path_factory: pytest.TempPath
                            str(trained_clip["run"]), "--labels_csv", str(folder / "labels.csv")], folder)
     yield server
     server.stop()
+
+
+# stage 2 needs a tiny stage-1 checkpoint: the session fixtures of the stage-2 tests
+from tests.diffdefect.conftest import demo_manifest, demo_root, stage1_ckpt  # noqa: E402, F401
+
+STAGE2 = REPO / "configs" / "diffdefect"
+
+
+@pytest.fixture(scope="session")
+def trained_stage2(stage1_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny stage-2 model trained 3 steps through ``lightning fit`` on NEU-like class-id data, and a
+    ``defectfm predict`` run of its test images."""
+    import numpy as np
+
+    from tests.conftest import blob_pair, write_image
+
+    tmp = tmp_path_factory.mktemp("serve_stage2")
+    root, rng = tmp / "neu_like", np.random.default_rng(0)
+    (root).mkdir()
+    (root / "labels.txt").write_text("__ignore__\n_background_\nInclusion\nPatches\nScratches\n")
+    for split, n in (("train", 6), ("val", 3), ("test", 3)):
+        for i in range(n):
+            img, m = blob_pair(rng)
+            write_image(root / "img_dir" / split / f"{i:06d}.jpg", img)
+            write_image(root / "ann_dir" / split / f"{i:06d}.png", m.astype(np.uint8) * (1 + i % 3))
+    assert main(["fit", "--config", str(STAGE2 / "stage2_openvocab.yaml"), "--config", str(STAGE2 / "stage2_tiny.yaml"),
+                 *QUIET, "--data.init_args.reader.init_args.root", str(root),
+                 "--model.init_args.model.init_args.extractor.init_args.stage1_checkpoint", str(stage1_ckpt),
+                 "--trainer.default_root_dir", str(tmp / "runs"), "--trainer.num_sanity_val_steps", "0",
+                 "--trainer.max_steps", "3"]) == 0
+    (ckpt,) = sorted((tmp / "runs").rglob("*.ckpt"))
+    images = root / "img_dir" / "test"
+    assert main(["predict", "--ckpt_path", str(ckpt), "--input", str(images), "--out", str(tmp / "predict_run"),
+                 "--num_workers", "0"]) == 0
+    return {"ckpt": ckpt, "images": images, "run": tmp / "predict_run", "tmp": tmp}

@@ -20,7 +20,7 @@ from PIL import Image
 from common.serve.backend import CheckpointModel
 from common.serve.inputs import encode_json_request
 
-ONLY_SERVE = {"id", "filename", "part", "path", "overlay", "map", "overlay_png"}
+ONLY_SERVE = {"id", "filename", "part", "path", "overlay", "map", "mask", "overlay_png"}  # file names
 
 
 def png(arr: np.ndarray) -> bytes:
