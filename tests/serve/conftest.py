@@ -4,81 +4,25 @@ free loopback port (started once for the module that asks for it, stopped after)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from common.cli import main
 from common.data.demo import generate_demo_dataset
+from common.serve.launch import Server, launch
 from tests.conftest import REPO
 
 DEMO = str(REPO / "configs" / "clipmdc" / "demo.yaml")
 TINY = str(REPO / "configs" / "clipmdc" / "model" / "tiny.yaml")
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
-STARTUP_S = 300  # spawning the worker imports torch and Lightning: tens of seconds on a busy 2-core machine
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A running ``defectfm serve``: its URL, process, log file and record folder."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
-    record_dir: Path
-
-    def log_tail(self, n: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and the workers it started
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-
-def start_server(args: list[str], folder: Path, startup_s: float = STARTUP_S) -> Server:
-    """Starts ``defectfm serve ARGS`` on a free loopback port and waits until ``/health`` says ``ok``."""
-    port = free_port()
-    record = folder / "record"
-    log = folder / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "common.cli", "serve", "--port", str(port), "--record_dir", str(record), *args]
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", proc, log, record)
-    deadline = time.monotonic() + startup_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"defectfm serve exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if requests.get(server.url + "/health", timeout=2).text == "ok":
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"defectfm serve not healthy after {startup_s} s:\n{server.log_tail()}")
+def start_server(args: list[str], folder: Path) -> Server:
+    """``defectfm serve ARGS`` on a free loopback port, healthy (:func:`common.serve.launch.launch`)."""
+    return launch(args, folder)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +63,7 @@ STAGE2 = REPO / "configs" / "diffdefect"
 
 
 @pytest.fixture(scope="session")
-def trained_stage2(stage1_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained_stage2(stage1_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
     """A tiny stage-2 model trained 3 steps through ``lightning fit`` on NEU-like class-id data, and a
     ``defectfm predict`` run of its test images."""
     import numpy as np
