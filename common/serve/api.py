@@ -47,16 +47,18 @@ class DefectAPI(ls.LitAPI):
         part_size: Requests per record part.
         keep_parts: Record parts kept.
         device: ``"cpu"`` or ``"cuda"`` (LitServe's device is used when ``None``).
+        record: Keep each request's image, overlay, map and JSON line (the review of recent requests needs them);
+            ``False`` answers with the JSON record only (no ``overlay``/``map`` files, images deleted after).
     """
 
     def __init__(self, ckpt_path: str | None, onnx_path: str | None = None, given: dict[str, Any] | None = None,
                  record_dir: str = "runs/serve", max_pixels: int = 40_000_000, max_batch_size: int = 8,
                  batch_timeout: float = 0.01, part_size: int = 500, keep_parts: int = 4,
-                 device: str | None = None) -> None:
+                 device: str | None = None, record: bool = True) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.ckpt_path, self.onnx_path, self.given = ckpt_path, onnx_path, dict(given or {})
         self.record_dir, self.max_pixels = record_dir, max_pixels
-        self.part_size, self.keep_parts, self.device = part_size, keep_parts, device
+        self.part_size, self.keep_parts, self.device, self.record = part_size, keep_parts, device, record
 
     def setup(self, device: str) -> None:
         """Loads the model and opens the record; writes ``info.json`` for ``GET /info``."""
@@ -64,7 +66,8 @@ class DefectAPI(ls.LitAPI):
         self.recorder = RequestRecorder(self.record_dir, self.part_size, self.keep_parts)
         described = {**self.model.describe(), "server": {"max_batch_size": self.max_batch_size,
                                                          "batch_timeout": self.batch_timeout,
-                                                         "max_pixels": self.max_pixels, "record_dir": self.record_dir}}
+                                                         "max_pixels": self.max_pixels, "record_dir": self.record_dir,
+                                                         "record": self.record}}
         path = Path(self.record_dir) / INFO_FILE
         path.with_suffix(".tmp").write_text(json.dumps(described, indent=1, default=str))
         os.replace(path.with_suffix(".tmp"), path)
@@ -96,14 +99,24 @@ class DefectAPI(ls.LitAPI):
 
     def _predict_group(self, items: list[Any], indices: list[int], out: list[Any]) -> None:
         requests: list[ImageRequest] = [items[i] for i in indices]
+        files = []
         try:
+            if not self.record and any(r.overlay for r in requests):
+                raise BadRequest(400, "overlay: this server runs with --no_record (no overlays are drawn)")
             files = [(self.recorder.store(r), self.model.object_of(r.object)) for r in requests]
             preds = self.model.predict(files, requests[0].overrides)
         except BadRequest as e:
             for i in indices:
                 out[i] = e
             return
-        rows = self.recorder.write(preds)
+        finally:
+            if not self.record:
+                for path, _ in files:
+                    path.unlink(missing_ok=True)
+        if self.record:
+            rows = self.recorder.write(preds)
+        else:  # the JSON line without its files
+            rows = {str(p.path): {"path": p.path, **p.record} for p in preds if p.error is None}
         for i, r, (path, _), pred in zip(indices, requests, files, preds, strict=True):
             if pred.error is not None:
                 out[i] = BadRequest(400, pred.error)

@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="longest a request may wait in the queue (seconds)")
     p.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--record_dir", default="runs/serve", help="where request images and predictions are kept")
+    p.add_argument("--no_record", dest="record", action="store_false", help="keep nothing of the requests: the "
+                   "JSON record only, no overlay/map files, no review of recent requests (faster)")
     p.add_argument("--part_size", type=int, default=500, help="requests per record part")
     p.add_argument("--keep_parts", type=int, default=4, help="record parts kept (older ones are deleted)")
     p.add_argument("--review_dir", action="append", default=None,
@@ -95,7 +97,8 @@ def build_server(a: argparse.Namespace) -> Any:
     import litserve as ls
 
     api = DefectAPI(a.ckpt_path, a.onnx, given_settings(a), a.record_dir, a.max_pixels, a.max_batch_size,
-                    a.batch_timeout, a.part_size, a.keep_parts, None if a.accelerator == "auto" else a.accelerator)
+                    a.batch_timeout, a.part_size, a.keep_parts, None if a.accelerator == "auto" else a.accelerator,
+                    a.record)
     server = ls.LitServer(api, accelerator=a.accelerator, devices=1, timeout=a.timeout, info_path="/litserve/info",
                           middlewares=[(PredictGate, {"path": api.api_path, "max_bytes": a.max_bytes})])
     sources = a.review_dir or [a.record_dir]
