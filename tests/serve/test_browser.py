@@ -76,6 +76,7 @@ def test_operator_corrects_a_prediction_in_the_browser(browser, clip_server, tmp
     # "bubble" is now a type of the filter
     assert "type:bubble" in [o.get_attribute("value") for o in
                              Select(browser.find_element(By.ID, "filter")).options]
+    browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "review.png"
     assert browser.save_screenshot(str(shot))
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
