@@ -58,7 +58,6 @@ def test_response_is_the_json_line_of_defectfm_predict(clip_server, trained_clip
         stored = clip_server.record_dir / got["part"]
         assert Path(got["path"]).read_bytes() == Path(line["path"]).read_bytes()  # the image as sent
         assert (stored / got["overlay"]).is_file() and (stored / got["map"]).is_file()
-    assert {x["is_anomalous"] for x in lines} == {True, False} or len({x["defect_type"] for x in lines}) > 1
 
 
 def test_base64_json_request_with_overlay(clip_server, trained_clip) -> None:
