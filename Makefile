@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-bench demo demo-data test test-slow benchmark gpu-wheels gpu-check lint clean
+.PHONY: install install-bench demo demo-data test test-slow test-browser benchmark gpu-wheels gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# The review page in headless Chromium: installs Debian's chromium + chromium-driver when missing (apt, as root
+# or with sudo) and selenium; without them (no network, no apt) the tests skip and say why.
+$(VENV)/.installed-browser: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,browser]" && touch $@ \
+	  || echo "test-browser: could not install selenium (no network?): the browser tests will skip"
+
+test-browser: install $(VENV)/.installed-browser
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver) \
+	  || echo "test-browser: could not install chromium (no network or no apt): the browser tests will skip"; }
+	$(PY) -m pytest -m browser
 
 benchmark: install-bench
 	$(PY) -m benchmarks

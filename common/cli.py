@@ -217,6 +217,7 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
                 "checkpoint: its memory and thresholds, no gradient step"),
     "precompute": (_lazy("diffdefect.stage1.precompute", "main"), "encode images/captions once into latent shards"),
     "sample": (_lazy("diffdefect.stage1.sampling", "main"), "generate images from text with a stage-1 checkpoint"),
+    "serve": (_lazy("common.serve.server", "serve_main"), "serve a checkpoint over HTTP (batched) with a review page"),
 }
 
 

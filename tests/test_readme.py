@@ -45,6 +45,19 @@ SKIPPED = {  # README command -> why it cannot run here (the list may not grow s
         "a bare GPU machine with the wheels of make gpu-wheels (tests/benchmarks/test_gpu_check.py runs the same "
         "script with --dry)",
 }
+SERVER = ("starts a server that runs until stopped, or talks to one (tests/serve/ start the same command on a free "
+          "loopback port and send these requests)")
+for _served in ("defectfm serve --ckpt_path runs/demo/checkpoints/last.ckpt --port 8000",
+                "curl -s -F image=@data/demo/plate/test/scratch/000.png -F id=line1-0001 http://127.0.0.1:8000/predict",
+                "curl -s -F image=@data/demo/plate/test/scratch/000.png -F 'defect_types=[good,scratch,dent]' "
+                "-F image_threshold=0.6 -F overlay=true http://127.0.0.1:8000/predict",
+                "curl -s http://127.0.0.1:8000/info",
+                "defectfm serve --ckpt_path runs/folder/checkpoints/last.ckpt --review_dir runs/new_batch --port 8000"):
+    SKIPPED[_served] = SERVER
+SKIPPED["lightning fit --config configs/clipmdc/folder.yaml --data.init_args.reader.init_args.root runs/new_batch "
+        "--data.init_args.reader.init_args.labels_csv labels.csv"] = (
+    "needs the labels CSV of an operator's review session (tests/serve/test_review.py reviews a predict run over "
+    "HTTP and runs this command on the CSV it wrote)")
 SLOW = {  # README command -> why it takes minutes (runs with -m slow)
     "make demo": "installs the project and trains the demo model (offline_real) for real",
 }
