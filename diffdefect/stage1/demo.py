@@ -9,6 +9,7 @@
 4. Trains the small stage-1 U-Net with the implicit captioner (``configs/diffdefect/stage1_demo.yaml``).
 5. Samples, with classifier-free guidance and the EMA weights, a grid: one row per object x defect type (and
    defect-free) prompt, a real corpus image of that class in the first column. Writes ``<out>/grid.png``.
+6. Inpaints each defect type into defect-free images within Perlin-shaped masks: ``<out>/inpaint.png``.
 
 The same ``lightning fit`` runs a user would type, in one process::
 
@@ -32,7 +33,7 @@ from common.data.demo import DEFECTS, generate_demo_dataset
 VAE_CONFIG = "configs/diffdefect/vae_demo.yaml"
 STAGE1_CONFIG = "configs/diffdefect/stage1_demo.yaml"
 OBJECTS = ("plate", "fabric")
-FULL = {"n_good": 100, "n_defect": 100, "vae_steps": 400, "stage1_steps": 2000, "sample_steps": 50, "per_prompt": 6}
+FULL = {"n_good": 100, "n_defect": 100, "vae_steps": 400, "stage1_steps": 1500, "sample_steps": 50, "per_prompt": 6}
 QUICK = {"n_good": 4, "n_defect": 2, "vae_steps": 2, "stage1_steps": 2, "sample_steps": 2, "per_prompt": 1}
 
 
@@ -108,8 +109,33 @@ def sample_grid(module: torch.nn.Module, corpus: Path, out: Path, per_prompt: in
     return labelled_grid(grid_rows, labels, out / "grid.png")
 
 
+def inpaint_grid(module: torch.nn.Module, corpus: Path, out: Path, steps: int, guidance: float, per_object: int = 2,
+                 seed: int = 0) -> Path:
+    """Inpaints every defect type into ``per_object`` defect-free corpus images per object within Perlin-shaped
+    masks (:mod:`diffdefect.stage1.inpaint`); writes ``inpaint.png``: normal image, mask, then one column per
+    defect type."""
+    from diffdefect.stage1.inpaint import inpaint, mask_prompt, perlin_masks
+    from diffdefect.stage1.sampling import load_images_list
+
+    size = module.model.unet.sample_size * module.model.vae.downsample
+    rows, labels = [], []
+    for k, obj in enumerate(OBJECTS):
+        files = sorted((corpus / obj / "train" / "good").glob("*.png"))[-per_object:]
+        normals = load_images_list(files, size)
+        masks = perlin_masks(len(files), size, seed=seed + k, area=(0.03, 0.12))
+        outs = [inpaint(module.model, normals, masks,
+                        [mask_prompt(obj, d, m[0].numpy() > 0.5, f"{d}{i}") for i, m in enumerate(masks)],
+                        scheduler="ddim", steps=steps, guidance=guidance, seed=seed) for d in DEFECTS]
+        for i in range(len(files)):
+            rows.append([to_uint8(normals[i:i + 1])[0], to_uint8(masks[i:i + 1].expand(-1, 3, -1, -1))[0],
+                         *[to_uint8(o[i:i + 1])[0] for o in outs]])
+            labels.append(f"{obj} {'/'.join(DEFECTS)}")
+    return labelled_grid(rows, labels, out / "inpaint.png")
+
+
 def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_diffusion", quick: bool = False,
-                       guidance: float = 4.0, stage1_steps: int | None = None) -> dict[str, float]:
+                       guidance: float = 4.0, stage1_steps: int | None = None, reuse: bool = False
+                       ) -> dict[str, float]:
     """Runs the five steps of the module docstring; returns the wall time of each (seconds).
 
     Args:
@@ -118,6 +144,8 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
         quick: A smoke run on a handful of images and steps (tests).
         guidance: Classifier-free guidance scale of the samples.
         stage1_steps: Overrides the number of stage-1 optimizer steps.
+        reuse: Keep the VAE and the latent shards an earlier run left in ``out`` (only stage 1 and the samples are
+            redone; their times then read 0).
     """
     from common.cli import DefectCLI
     from common.config import load_config
@@ -135,19 +163,21 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
 
     t = time.perf_counter()
     vae_dir = out_dir / "vae"
-    DefectCLI(args=["fit", "--config", VAE_CONFIG, "--data.init_args.source", str(manifest),
-                    "--model.init_args.export_dir", str(vae_dir), "--trainer.max_steps", str(cfg["vae_steps"]),
-                    "--trainer.default_root_dir", str(out_dir / "vae_fit")])
+    if not (reuse and (vae_dir / "config.json").is_file()):
+        DefectCLI(args=["fit", "--config", VAE_CONFIG, "--data.init_args.source", str(manifest),
+                        "--model.init_args.export_dir", str(vae_dir), "--trainer.max_steps", str(cfg["vae_steps"]),
+                        "--trainer.default_root_dir", str(out_dir / "vae_fit")])
     times["vae"] = time.perf_counter() - t
 
     t = time.perf_counter()
     stage1_cfg = load_config(STAGE1_CONFIG)
     stage1_cfg["model"]["init_args"]["model"]["init_args"]["vae"]["init_args"]["pretrained"] = str(vae_dir)
-    vae, text_encoder, image_encoder, tokens = encoders_from_config(stage1_cfg)
     latents = out_dir / "latents"
-    precompute(str(manifest), latents, vae, text_encoder, image_encoder, image_size=64, tokens=tokens,
-               num_workers=0, dtype="float32")
-    del vae, text_encoder, image_encoder
+    if not (reuse and (latents / "index.json").is_file()):
+        vae, text_encoder, image_encoder, tokens = encoders_from_config(stage1_cfg)
+        precompute(str(manifest), latents, vae, text_encoder, image_encoder, image_size=64, tokens=tokens,
+                   num_workers=0, dtype="float32")
+        del vae, text_encoder, image_encoder
     times["precompute"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -159,7 +189,7 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
                           "--trainer.callbacks", json.dumps([{
                               "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                               "init_args": {"dirpath": str(out_dir / "checkpoints"), "save_last": True,
-                                            "save_top_k": 0}}])])
+                                            "every_n_train_steps": 100}}])])
     ckpt = fit.trainer.checkpoint_callback.last_model_path
     if not ckpt:
         raise RuntimeError(f"stage-1 training wrote no last.ckpt; check the ModelCheckpoint in {STAGE1_CONFIG}")
@@ -168,6 +198,8 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
     t = time.perf_counter()
     module = load_stage1(ckpt, ema=True)
     grid = sample_grid(module, corpus_dir, out_dir, cfg["per_prompt"], cfg["sample_steps"], guidance)
+    inpainted = inpaint_grid(module, corpus_dir, out_dir, cfg["sample_steps"], guidance,
+                             per_object=1 if quick else 2)
     times["sampling"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     (out_dir / "times.json").write_text(json.dumps({**times, "checkpoint": str(ckpt), **cfg}, indent=1) + "\n")
@@ -176,6 +208,7 @@ def run_diffusion_demo(corpus: str = "data/demo_stage1", out: str = "runs/demo_d
           + ", ".join(f"{k} {v:.0f} s" for k, v in times.items() if k != "total"))
     print(f"stage-1 checkpoint (EMA inside): {ckpt}")
     print(f"samples: {grid} (rows: object x defect prompt; first column a real image), {out_dir}/samples/")
+    print(f"inpainting: {inpainted} (normal image, Perlin mask, then {', '.join(DEFECTS)} inpainted in the mask)")
     print("=" * 60)
     return times
 
@@ -188,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--stage1-steps", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="a smoke run (a handful of images and steps)")
+    p.add_argument("--reuse", action="store_true", help="keep the VAE and latents of an earlier run in --out")
     a = p.parse_args(argv)
-    run_diffusion_demo(a.corpus, a.out, a.quick, a.guidance, a.stage1_steps)
+    run_diffusion_demo(a.corpus, a.out, a.quick, a.guidance, a.stage1_steps, a.reuse)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 * :func:`generate`: prompts (or image embeddings, through the implicit captioner) -> images, with DDIM,
   DPM-Solver++ or DDPM (diffusers schedulers built from the training schedule's config), classifier-free
   guidance (the null context is the one CFG dropout trains), a seed, batching.
-* :func:`synthesize_defects`: an MVTec-layout folder of generated defect images (``<object>/test/<defect>/``,
-  ``<object>/train/good/``) plus ``synthetic.jsonl``, a manifest the common data layer reads (generated images
-  have no masks; see its docstring).
+* ``--synthesize --normals DIR``: defects inpainted into real normal images within masks (Perlin-shaped, or a
+  folder of mask PNGs), written as image + mask pairs in the MVTec layout with captions
+  (:func:`diffdefect.stage1.inpaint.synthesize_inpainted`).
+* :func:`synthesize_defects` (``--synthesize`` without ``--normals``): an MVTec-layout folder of whole generated
+  defect images (``<object>/test/<defect>/``, ``<object>/train/good/``) plus ``synthetic.jsonl``, a manifest the
+  common data layer reads (text-to-image samples have no masks; see its docstring).
 
 Command line (also ``defectfm sample``)::
 
@@ -13,6 +16,8 @@ Command line (also ``defectfm sample``)::
         --scheduler dpm --steps 25 --guidance 5 --seed 0 --out samples/
     python -m diffdefect.stage1.sampling --ckpt last.ckpt --synthesize --objects plate fabric \
         --defects scratch hole --per-class 16 --out synthetic/
+    python -m diffdefect.stage1.sampling --ckpt last.ckpt --synthesize --normals data/demo/plate/train/good \
+        --masks perlin --objects plate --defects scratch hole stain --per-class 16 --out synthetic/
 """
 
 from __future__ import annotations

@@ -81,3 +81,5 @@ def test_demo_diffusion_quick_run_writes_grid_checkpoint_and_times(tmp_path: Pat
     prompts = [json.loads(ln) for ln in (out / "samples" / "prompts.jsonl").read_text().splitlines()]
     assert len(prompts) == 8 and "hole" in prompts[2]["prompt"]
     assert json.loads((out / "times.json").read_text())["stage1_steps"] == 2
+    w, h = Image.open(out / "inpaint.png").size
+    assert h == 2 * (128 + 2) and w == 96 + 5 * (128 + 2)  # per object: normal, mask, 3 defect types

@@ -127,3 +127,15 @@ def test_fd_lite0_is_frechet_distance_on_frozen_lite0_features() -> None:
     same.update(real, real=True)
     same.update(real, real=False)
     assert abs(float(same.compute())) < 1e-2 * value
+
+
+def test_frechet_distance_low_rank_formula_matches_sqrtm() -> None:
+    from common.metrics.generation import frechet_distance
+
+    rng = np.random.default_rng(0)
+    for n1, n2, d in ((5, 7, 30), (40, 30, 12)):  # fewer samples than dimensions, and more
+        f1, f2 = rng.normal(size=(n1, d)), rng.normal(0.3, 1.5, size=(n2, d))
+        assert float(frechet_distance(torch.from_numpy(f1), torch.from_numpy(f2))) == pytest.approx(
+            reference_fid(f1, f2), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
