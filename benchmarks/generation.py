@@ -199,13 +199,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.split("\n\n")[0])
     p.add_argument("--stage1-ckpt", default=None, help="stage-1 checkpoint (default: newest under runs/demo_diffusion)")
     p.add_argument("--clipmdc-ckpt", default=None, help="CLIP-MDC judge (default: newest best-*.ckpt under runs/demo)")
-    p.add_argument("--per-class", type=int, default=None)
+    p.add_argument("--per-class", type=int, default=None, help="samples per class (default 20)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workdir", default=None, help="quick mode: where the tiny models and data go")
     a = p.parse_args(argv)
     cfg = dict(QUICK if a.quick else FULL)
     if a.per_class:
         cfg["per_class"] = a.per_class
+    if a.steps:
+        cfg["steps"] = a.steps
     import tempfile
 
     from common.checkpoint import load_module
