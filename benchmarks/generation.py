@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clipmdc-ckpt", default=None, help="CLIP-MDC judge (default: newest best-*.ckpt under runs/demo)")
     p.add_argument("--per-class", type=int, default=None, help="samples per class (default 20)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
+    p.add_argument("--corpus", default=None, help="the stage-1 training corpus (default data/demo_stage1)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workdir", default=None, help="quick mode: where the tiny models and data go")
     a = p.parse_args(argv)
@@ -209,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg["per_class"] = a.per_class
     if a.steps:
         cfg["steps"] = a.steps
+    if a.corpus:
+        cfg["corpus"] = a.corpus
     import tempfile
 
     from common.checkpoint import load_module

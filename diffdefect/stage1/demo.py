@@ -122,7 +122,7 @@ def inpaint_grid(module: torch.nn.Module, corpus: Path, out: Path, steps: int, g
     for k, obj in enumerate(OBJECTS):
         files = sorted((corpus / obj / "train" / "good").glob("*.png"))[-per_object:]
         normals = load_images_list(files, size)
-        masks = perlin_masks(len(files), size, seed=seed + k, area=(0.03, 0.12))
+        masks = perlin_masks(len(files), size, seed=seed + k, area=(0.01, 0.12))
         outs = [inpaint(module.model, normals, masks,
                         [mask_prompt(obj, d, m[0].numpy() > 0.5, f"{d}{i}") for i, m in enumerate(masks)],
                         scheduler="ddim", steps=steps, guidance=guidance, seed=seed) for d in DEFECTS]
