@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
-from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.image.inception import InceptionScore as _TMInceptionScore
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 __all__ = ["FID", "FrechetDistanceLite0", "InceptionScore", "Lite0Features", "frechet_distance",
