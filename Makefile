@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-bench demo demo-data test test-slow test-browser benchmark gpu-wheels gpu-check lint clean
+.PHONY: install install-bench demo demo-data demo-diffusion test test-slow test-browser benchmark gpu-wheels gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo-data: install
 
 demo: demo-data
 	$(PY) -m common.demo --data $(DEMO_DATA)
+
+# Stage 1 you can see (about 15 min on 2 idle cores): generated corpus + captions, small VAE, small U-Net with the
+# implicit captioner, then a grid of samples per object x defect prompt (runs/demo_diffusion/grid.png).
+demo-diffusion: install
+	$(PY) -m diffdefect.stage1.demo --corpus data/demo_stage1 --out runs/demo_diffusion
 
 test: install
 	$(PY) -m pytest
@@ -62,4 +67,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs data/demo .pytest_cache
+	rm -rf runs data/demo data/demo_stage1 .pytest_cache

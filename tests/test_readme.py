@@ -60,6 +60,7 @@ SKIPPED["lightning fit --config configs/clipmdc/folder.yaml --data.init_args.rea
     "HTTP and runs this command on the CSV it wrote)")
 SLOW = {  # README command -> why it takes minutes (runs with -m slow)
     "make demo": "installs the project and trains the demo model (offline_real) for real",
+    "make demo-diffusion": "trains the demo VAE and stage-1 U-Net for about 15 minutes (run here with --quick)",
 }
 
 TINY = {  # experiment config prefix -> the family's tiny preset
@@ -284,5 +285,12 @@ def test_readme_command(command: str, workspace: Path, monkeypatch: pytest.Monke
         monkeypatch.chdir(workspace)
         demo_main(["--data", "data/make_demo", "--max-epochs", "1"])
         assert (workspace / "runs" / "demo" / "predict" / "predictions.jsonl").is_file()
+        return
+    if command == "make demo-diffusion":  # the Makefile's diffusion demo, as a smoke run (tiny counts and steps)
+        from diffdefect.stage1.demo import main as diffusion_demo_main
+
+        monkeypatch.chdir(workspace)
+        diffusion_demo_main(["--corpus", "data/demo_stage1", "--out", "runs/demo_diffusion", "--quick"])
+        assert (workspace / "runs" / "demo_diffusion" / "grid.png").is_file()
         return
     run(command, workspace, monkeypatch)

@@ -84,14 +84,14 @@ MODELS = {
 }
 
 
-def _normal_images(arm: Any, n: int) -> list[tuple[torch.Tensor, list[str]]]:
-    """The first ``n`` normal training images of the arm's data (un-augmented): ``[(images, paths)]``."""
+def _normal_images(arm: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` normal training images of the arm's data (un-augmented): ``[(images, sample ids)]``."""
     dm = peer_datamodule(arm.datamodule, arm.resolved["data"]["init_args"], "normal", "none")
     out, seen = [], 0
     for batch in dm.train_dataloader():
         if seen >= n:
             break
-        out.append((batch.image[: n - seen], list(batch.path[: n - seen])))
+        out.append((batch.image[: n - seen], batch.sample_id[: n - seen]))
         seen += len(out[-1][1])
     return out
 
@@ -100,7 +100,6 @@ def build_models(settings: Settings, data_config: Path | None, data_root: Path |
                  ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """CLIP-MDC (the normal_only arm, memory filled), SuperSimpleNet and PatchCore at the latency size."""
     from benchmarks.peers import PatchCorePeer, SuperSimpleNetPeer
-    from clipmdc.memory import image_ids
 
     arm = build_arm("normal_only", data_config, replace(settings, image_size=settings.latency_size), workdir)
     images = _normal_images(arm, settings.latency_memory_images)
@@ -108,7 +107,7 @@ def build_models(settings: Settings, data_config: Path | None, data_root: Path |
     module._configure_vocabulary(dm.vocabulary, dm.object_names)
     net = module.model.eval()
     with torch.inference_mode():
-        tokens = [(net.image_encoder(x).tokens, image_ids(paths)) for x, paths in images]
+        tokens = [(net.image_encoder(x).tokens, ids) for x, ids in images]
         info = net.memory.build(tokens) if net.memory is not None else None
     net.embed_vocabulary()
     from anomalib.models.components.sampling import k_center_greedy

@@ -27,12 +27,13 @@ from common.metrics.anomaly import ImageAP, ImageAUROC, ImageF1Max, PixelAP, Pix
 from common.metrics.aupro import AUPRO, binned_aupro, exact_aupro
 from common.metrics.classification import DefectTypeAccuracy, DefectTypeConfusionMatrix, DefectTypeMacroF1
 from common.metrics.detection import DetectionMAP, boxes_from_masks, instances_from_mask
-from common.metrics.generation import FID, InceptionScore
+from common.metrics.generation import FID, FrechetDistanceLite0, InceptionScore
 from common.metrics.segmentation import MeanIoU, PerClassIoU
 
 __all__ = [
     "AUPRO",
     "FID",
+    "FrechetDistanceLite0",
     "BinaryScoreMetric",
     "DefectTypeAccuracy",
     "DefectTypeConfusionMatrix",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from common.config import instantiate, load_config
 from common.data.image_text import ImageTextDataModule, ManifestImageText, collate_image_text, decode_sample
@@ -121,7 +122,7 @@ def precompute(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
     index = 0
     with ShardWriter(out, maxcount=maxcount) as writer:
-        for batch in loader:
+        for batch in tqdm(loader, desc="precompute latents", unit="batch"):
             batch = batch.to(device)
             x = encode_batch(batch, vae, text_encoder, image_encoder, tokens)
             for i in range(len(batch)):

@@ -3,9 +3,12 @@
 * :func:`generate`: prompts (or image embeddings, through the implicit captioner) -> images, with DDIM,
   DPM-Solver++ or DDPM (diffusers schedulers built from the training schedule's config), classifier-free
   guidance (the null context is the one CFG dropout trains), a seed, batching.
-* :func:`synthesize_defects`: an MVTec-layout folder of generated defect images (``<object>/test/<defect>/``,
-  ``<object>/train/good/``) plus ``synthetic.jsonl``, a manifest the common data layer reads (generated images
-  have no masks; see its docstring).
+* ``--synthesize --normals DIR``: defects inpainted into real normal images within masks (Perlin-shaped, or a
+  folder of mask PNGs), written as image + mask pairs in the MVTec layout with captions
+  (:func:`diffdefect.stage1.inpaint.synthesize_inpainted`).
+* :func:`synthesize_defects` (``--synthesize`` without ``--normals``): an MVTec-layout folder of whole generated
+  defect images (``<object>/test/<defect>/``, ``<object>/train/good/``) plus ``synthetic.jsonl``, a manifest the
+  common data layer reads (text-to-image samples have no masks; see its docstring).
 
 Command line (also ``defectfm sample``)::
 
@@ -13,6 +16,8 @@ Command line (also ``defectfm sample``)::
         --scheduler dpm --steps 25 --guidance 5 --seed 0 --out samples/
     python -m diffdefect.stage1.sampling --ckpt last.ckpt --synthesize --objects plate fabric \
         --defects scratch hole --per-class 16 --out synthetic/
+    python -m diffdefect.stage1.sampling --ckpt last.ckpt --synthesize --normals data/demo/plate/train/good \
+        --masks perlin --objects plate --defects scratch hole stain --per-class 16 --out synthetic/
 """
 
 from __future__ import annotations
@@ -66,8 +71,14 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     latent_size: int | None = None,
+    known: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generates one image per prompt (or per image embedding, via the implicit captioner).
+
+    With ``known`` and ``mask`` it inpaints (:mod:`diffdefect.stage1.inpaint`): after every denoising step the
+    latents outside the mask are replaced by the known image's latents noised to the same level (RePaint's
+    known-region replacement, in latent space), and the decoded result keeps the known pixels outside the mask.
 
     Args:
         model: The stage-1 model (put EMA weights in first; see :func:`load_stage1`).
@@ -79,6 +90,8 @@ def generate(
         seed: Seed of the initial noise (image ``i`` depends only on the seed and its index in the batch).
         batch_size: Images per U-Net batch.
         latent_size: Latent side (default: the U-Net's ``sample_size``; 64 for 512-px images).
+        known: ``(N, 3, H, W)`` images in [0, 1] to inpaint (their size sets the latent size).
+        mask: ``(N, 1, H, W)`` {0, 1}, 1 where the image is generated (needs ``known``).
 
     Returns:
         ``(N, 3, H, W)`` float32 images in [0, 1] on the CPU.
@@ -87,10 +100,17 @@ def generate(
         raise ValueError("sampling needs the model's VAE to decode latents")
     if (prompts is None) == (image_embeddings is None):
         raise ValueError("give either prompts or image_embeddings")
+    if (known is None) != (mask is None):
+        raise ValueError("inpainting needs both known images and masks")
+    region_mask = mask  # `mask` is reused below for the text tokens' mask
     model.eval()
     device = next(model.unet.parameters()).device
     n = len(prompts) if prompts is not None else int(image_embeddings.shape[0])
     size = latent_size or model.unet.sample_size
+    if known is not None:
+        from diffdefect.stage1.inpaint import check_inpaint_inputs
+
+        size = check_inpaint_inputs(known, region_mask, n, model.vae.downsample)
     channels = model.unet.in_channels
     outputs = []
     for start in range(0, n, batch_size):
@@ -119,7 +139,12 @@ def generate(
         sampler.set_timesteps(steps, device=device)
         g = torch.Generator(device="cpu").manual_seed(seed + start)
         latents = torch.randn(b, channels, size, size, generator=g).to(device) * sampler.init_noise_sigma
-        for t in sampler.timesteps:
+        region = None
+        if known is not None:
+            from diffdefect.stage1.inpaint import KnownRegion
+
+            region = KnownRegion(model, known[start:stop].to(device), region_mask[start:stop].to(device), g)
+        for i, t in enumerate(sampler.timesteps):
             inp = torch.cat([latents] * 2) if use_cfg else latents
             inp = sampler.scale_model_input(inp, t)
             ts = torch.full((inp.shape[0],), int(t), device=device, dtype=torch.long)
@@ -128,7 +153,11 @@ def generate(
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance * (cond - uncond)
             latents = sampler.step(pred, t, latents, generator=g if scheduler == "ddpm" else None).prev_sample
-        outputs.append(model.vae.decode(latents).cpu())  # (b, 3, H, W)
+            if region is not None:  # known region at the noise level of the next timestep (clean after the last)
+                nxt = sampler.timesteps[i + 1] if i + 1 < len(sampler.timesteps) else None
+                latents = region.replace(latents, model.schedule, nxt)
+        decoded = model.vae.decode(latents)  # (b, 3, H, W)
+        outputs.append((decoded if region is None else region.composite(decoded)).cpu())
     return torch.cat(outputs)
 
 
@@ -242,12 +271,41 @@ def generation_metrics(
 
 def load_images(folder: str | Path, size: int) -> torch.Tensor:
     """Every image under ``folder`` (recursively, sorted) as ``(N, 3, size, size)`` in [0, 1]."""
-    from common.data.image_text import resize_image
-    from common.data.io import is_image_file, read_image
+    from common.data.io import is_image_file
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
     if not paths:
         raise FileNotFoundError(f"no images under {folder}")
+    return load_images_list(paths, size)
+
+
+def synthesize_from_normals(model: Stage1Model, a: argparse.Namespace, kwargs: dict[str, Any]) -> Path:
+    """``--synthesize --normals DIR``: inpaints ``--defects`` into ``--per-class`` normal images (first object of
+    ``--objects``) within ``--masks`` (:func:`~diffdefect.stage1.inpaint.synthesize_inpainted`)."""
+    from common.data.io import is_image_file
+    from diffdefect.stage1.inpaint import load_masks, perlin_masks, synthesize_inpainted
+
+    size = a.image_size or model.unet.sample_size * model.vae.downsample
+    files = sorted(p for p in Path(a.normals).rglob("*") if p.is_file() and is_image_file(p))[: a.per_class]
+    if not files:
+        raise SystemExit(f"--normals {a.normals}: no images found")
+    normals = load_images_list(files, size)
+    if a.masks == "perlin":
+        masks = perlin_masks(len(files), size, seed=a.seed)
+    else:
+        mask_files = sorted(p for p in Path(a.masks).rglob("*") if p.is_file() and is_image_file(p))
+        if not mask_files:
+            raise SystemExit(f"--masks {a.masks}: no mask images found (or give 'perlin')")
+        masks = load_masks([mask_files[k % len(mask_files)] for k in range(len(files))], size)
+    return synthesize_inpainted(model, normals, masks, a.out, a.objects[0], a.defects,
+                                [str(f) for f in files], **kwargs)
+
+
+def load_images_list(paths: Sequence[Path], size: int) -> torch.Tensor:
+    """Images at ``paths`` as ``(N, 3, size, size)`` in [0, 1]."""
+    from common.data.image_text import resize_image
+    from common.data.io import read_image
+
     return torch.stack([resize_image(read_image(p), size) for p in paths])
 
 
@@ -272,13 +330,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--defects", nargs="+", default=["scratch"])
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--normal-per-object", type=int, default=0)
+    p.add_argument("--normals", default=None,
+                   help="with --synthesize: folder of defect-free images to inpaint defects into (image + mask pairs)")
+    p.add_argument("--masks", default="perlin",
+                   help="with --normals: 'perlin' (Perlin-shaped regions) or a folder of mask PNGs (hand-drawn or "
+                        "another defect's ground truth), used in sorted order")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="with --normals: side of the inpainted images (default: the U-Net's latent side x VAE factor)")
     p.add_argument("--real", default=None, help="folder of real images: also compute FID/IS (writes metrics.json)")
     p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file for FID/IS")
     a = p.parse_args(argv)
     module = load_stage1(a.ckpt, a.config, ema=not a.no_ema).to(a.device)
     kwargs = {"scheduler": a.scheduler, "steps": a.steps, "guidance": a.guidance, "seed": a.seed,
               "batch_size": a.batch_size}
+    if a.synthesize and a.normals:
+        manifest = synthesize_from_normals(module.model, a, kwargs)
+        print(f"wrote inpainted defect image + mask pairs (MVTec layout) under {a.out} and the manifest {manifest}")
+        return
     if a.synthesize:
+        print("no --normals: text-to-image defects without masks (give --normals DIR for image + mask pairs)")
         manifest = synthesize_defects(module.model, a.out, a.objects, a.defects, a.per_class, a.normal_per_object,
                                       **kwargs)
         print(f"wrote synthetic defect images under {a.out} and the manifest {manifest}")

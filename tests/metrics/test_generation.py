@@ -104,3 +104,38 @@ def test_inception_score_math_with_custom_logits():
     assert float(out["is_mean"]) == pytest.approx(ref, rel=1e-6)
     assert ref > 1.0
     assert float(out["is_std"]) == 0.0  # one split: defined, not NaN
+
+
+def test_fd_lite0_is_frechet_distance_on_frozen_lite0_features() -> None:
+    from common.metrics import FrechetDistanceLite0
+    from common.metrics.generation import Lite0Features
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(12, 3, 32, 32, generator=g)
+    fake = (torch.rand(12, 3, 32, 32, generator=g) * 0.4 + 0.6)
+    metric = FrechetDistanceLite0(image_size=64)
+    assert FrechetDistanceLite0.name == "FD-Lite0"
+    assert not any(p.requires_grad for p in metric.parameters())
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    value = float(metric.compute())
+    feats = Lite0Features(64)
+    assert feats.num_features == 1280 and not feats.train().net.training  # frozen BatchNorm
+    expected = reference_fid(feats(real).double().numpy(), feats(fake).double().numpy())
+    assert value == pytest.approx(expected, rel=1e-3)
+    same = FrechetDistanceLite0(image_size=64)
+    same.update(real, real=True)
+    same.update(real, real=False)
+    assert abs(float(same.compute())) < 1e-2 * value
+
+
+def test_frechet_distance_low_rank_formula_matches_sqrtm() -> None:
+    from common.metrics.generation import frechet_distance
+
+    rng = np.random.default_rng(0)
+    for n1, n2, d in ((5, 7, 30), (40, 30, 12)):  # fewer samples than dimensions, and more
+        f1, f2 = rng.normal(size=(n1, d)), rng.normal(0.3, 1.5, size=(n2, d))
+        assert float(frechet_distance(torch.from_numpy(f1), torch.from_numpy(f2))) == pytest.approx(
+            reference_fid(f1, f2), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
