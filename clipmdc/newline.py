@@ -38,7 +38,7 @@ import torch
 
 from common.calibration import ImageThresholdCalibrator, PixelThresholdCalibrator
 from common.checkpoint import info, load_module, read_checkpoint
-from common.cli_errors import UsageError
+from common.cli_errors import OneLineParser, UsageError
 from common.data.datamodule import DefectDataModule
 from common.data.errors import DataError
 from common.data.readers.base import Reader
@@ -47,14 +47,9 @@ from common.data.splits import stratified_split
 from common.data.types import DefectBatch, SampleRecord
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: ANN201 - one line (UsageError), not the usage text
-        raise UsageError(f"defectfm newline: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
     """The options of ``defectfm newline``."""
-    p = _Parser(prog="defectfm newline", description="a new product line from good images only: build its "
+    p = OneLineParser(prog="defectfm newline", description="a new product line from good images only: build its "
                 "normal memory on a (generalist) CLIP-MDC checkpoint, calibrate its thresholds, write a checkpoint")
     p.add_argument("--ckpt_path", required=True, help="a CLIP-MDC checkpoint (e.g. the generalist's)")
     p.add_argument("--good", nargs="+", required=True, help="folders of the new product's defect-free images "

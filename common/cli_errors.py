@@ -8,6 +8,7 @@ typed (``data.init_args.imgae_size``) and suggests the closest argument of the c
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -20,6 +21,14 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 class UsageError(Exception):
     """A bad command line, config or checkpoint. ``common.cli.main`` prints it as one line and exits with 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` for the ``defectfm`` commands outside LightningCLI (``predict --input``, ``newline``,
+    ``serve``): a usage error is one line naming the command (:class:`UsageError`), not the usage text."""
+
+    def error(self, message: str):  # noqa: ANN201 - raises
+        raise UsageError(f"{self.prog}: {message}")
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from common.checkpoint import info, model_config, read_checkpoint, vocabulary
-from common.cli_errors import UsageError, arguments_of
+from common.cli_errors import OneLineParser, UsageError, arguments_of
 from common.data.readers.images import ImageFilesReader
 from common.data.tiling import RESIZE_MODES
 
@@ -47,14 +47,9 @@ MODEL_OPTIONS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: ANN201 - one line (UsageError), not the usage text
-        raise UsageError(f"defectfm predict: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
     """The options of ``defectfm predict --input``."""
-    p = _Parser(prog="defectfm predict", description="predict every image of a folder with only a "
+    p = OneLineParser(prog="defectfm predict", description="predict every image of a folder with only a "
                                 "checkpoint (the output of lightning predict)",
                                 epilog="any further --key value is passed to the LightningCLI")
     p.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning fit")

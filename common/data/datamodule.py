@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from common.data.dataset import DefectDataset, collate_samples
 from common.data.errors import DataError
 from common.data.readers import ClassIdSegReader, Reader
+from common.data.resume import ResumePoint
 from common.data.sampling import SeededSampler, TileSampler
 from common.data.splits import few_shot, record_groups, stratified_split
 from common.data.tiling import TileSpec, check_resize, pair
@@ -23,7 +24,7 @@ from common.data.types import NORMAL, SampleRecord
 SPLITS = ("train", "val", "test")
 
 
-class DefectDataModule(L.LightningDataModule):
+class DefectDataModule(ResumePoint, L.LightningDataModule):
     """Serves any reader's records as :class:`~common.data.types.DefectBatch` es.
 
     Splits: with ``split="auto"`` the dataset's own train/val/test splits are used; a missing val split is
@@ -357,25 +358,6 @@ class DefectDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, self.eval_batch_size)
-
-    # ----------------------------------------------------------------- exact resume
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch and training batches of it consumed so far (Lightning saves it in checkpoints)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        batches = 0 if progress.is_last_batch else int(progress.current.processed)
-        return {"epoch": self._epoch(), "batches": batches}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-
 
 def _names(counts: Counter, limit: int = 5) -> str:
     """``"good 80, scratch 20, ... (+3 more)"``: the most frequent names first."""

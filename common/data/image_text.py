@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from common.data.errors import DataError
 from common.data.io import read_image
 from common.data.readers.manifest import ManifestReader
-from common.data.resume import ResumableDistributedSampler
+from common.data.resume import ResumableDistributedSampler, ResumePoint
 from common.data.types import SampleRecord, move_tensor_fields
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class ManifestImageText(Dataset):
 
 
 # ----------------------------------------------------------------------------- the DataModule
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(ResumePoint, L.LightningDataModule):
     """Image-text pairs from a JSONL manifest or WebDataset-format tar shards.
 
     Args:
@@ -289,10 +289,6 @@ class ImageTextDataModule(L.LightningDataModule):
         return ManifestImageText(records, self.image_size)
 
     # ------------------------------------------------------------------ loaders
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
-
     def _loader(self, dataset: Any, batch_size: int, sampler: Any = None) -> DataLoader:
         from common.data.resume import EpochDataLoader
         from common.data.shards import ShardDataset
@@ -343,18 +339,3 @@ class ImageTextDataModule(L.LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
             return self._loader(dataset, self.eval_batch_size, sampler)
         return []
-
-    # ------------------------------------------------------------------ exact resume
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch and batches of it consumed so far (saved in checkpoints by Lightning)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        # a checkpoint taken on the epoch's last batch resumes at the next epoch: nothing to skip
-        batches = 0 if progress.is_last_batch else int(progress.current.processed)
-        return {"epoch": self._epoch(), "batches": batches}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}

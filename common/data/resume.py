@@ -3,6 +3,8 @@ uninterrupted run would have seen next.
 
 * :class:`ResumableDistributedSampler`: map-style data (manifests), skipping at the sampler, before any file is
   read;
+* :class:`ResumePoint`: the DataModule side, the epoch and the training batches of it consumed so far, saved in
+  checkpoints and read back once by the next training loader;
 * :class:`EpochDataLoader`: streamed shards (:class:`~common.data.shards.ShardDataset`), telling the dataset its
   epoch and the batches to skip (before decoding) at each ``iter()``, with :func:`round_robin_skip` for the order
   in which PyTorch's loader interleaves its workers.
@@ -120,3 +122,30 @@ class EpochDataLoader(DataLoader):
         if getattr(ds, "counts", None) is None:
             raise TypeError("no length: the shards have no index.json")
         return ds.num_batches(self.batch_size, self.num_workers)
+
+
+class ResumePoint:
+    """Mixin of a ``LightningDataModule`` (put it first among the bases): Lightning saves :meth:`state_dict` in
+    checkpoints and gives it back with :meth:`load_state_dict` on resume; the training loader reads
+    ``self._resume`` (``{"epoch", "batches"}`` or ``None``) once, through its sampler or :class:`EpochDataLoader`."""
+
+    _resume: dict[str, int] | None = None
+
+    def _epoch(self) -> int:
+        """The training epoch the trainer is in (0 without one)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and training batches of it consumed so far."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        # a checkpoint taken on the epoch's last batch resumes at the next epoch: nothing to skip
+        batches = 0 if progress.is_last_batch else int(progress.current.processed)
+        return {"epoch": self._epoch(), "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}

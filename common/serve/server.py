@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.cli_errors import UsageError
+from common.cli_errors import OneLineParser, UsageError
 from common.predict import _names
 from common.serve.api import INFO_FILE, DefectAPI
 from common.serve.backend import option_targets
@@ -27,14 +27,9 @@ from common.serve.review import ReviewStore
 from common.serve.routes import add_routes
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: ANN201 - one line (UsageError), not the usage text
-        raise UsageError(f"defectfm serve: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
     """The options of ``defectfm serve``."""
-    p = _Parser(prog="defectfm serve", description="serve a checkpoint (or its ONNX export) over HTTP with "
+    p = OneLineParser(prog="defectfm serve", description="serve a checkpoint (or its ONNX export) over HTTP with "
                 "dynamic batching and an operator review page")
     p.add_argument("--ckpt_path", default=None, help="a checkpoint written by lightning fit (CLIP-MDC or stage 2)")
     p.add_argument("--onnx", default=None, help="an ONNX file written by defectfm export, run instead")

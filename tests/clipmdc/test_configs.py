@@ -17,6 +17,7 @@ CASES = {
     "ksdd2.yaml": "ksdd2_root",
     "magnetic_tile.yaml": "magnetic_tile_root",
     "folder.yaml": "folder_root",
+    "generalist.yaml": "corpus_manifest",
 }
 
 
@@ -33,6 +34,25 @@ def folder_root(tmp_path: Path, rng) -> Path:
             if cls != "good":
                 write_image(root / "masks" / f"{cls}_{i}_mask.png", m * 255)
     return root
+
+
+@pytest.fixture
+def corpus_manifest(tmp_path: Path) -> Path:
+    """configs/clipmdc/generalist.yaml's data: a ``defectfm corpus`` manifest (two generated domains)."""
+    import json
+
+    from common.cli import main
+    from common.data.demo import generate_demo_dataset
+
+    sources = []
+    for i, obj in enumerate(("plate", "wood")):
+        root = generate_demo_dataset(tmp_path / obj, objects=(obj,), image_size=48, n_train_good=3, n_test_good=2,
+                                     n_test_defect=1, seed=i)
+        cfg = {"data": {"init_args": {"reader": {"class_path": "common.data.MVTecReader", "init_args": {"root": str(root)}}}}}
+        (tmp_path / f"{obj}.yaml").write_text(json.dumps(cfg))
+        sources.append(str(tmp_path / f"{obj}.yaml"))
+    assert main(["corpus", *sources, "--out", str(tmp_path / "corpus")]) in (0, None)
+    return tmp_path / "corpus" / "manifest.jsonl"
 
 
 def test_every_clipmdc_config_is_covered() -> None:
