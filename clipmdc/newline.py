@@ -112,7 +112,11 @@ class GoodImages(Reader):
 
 def good_data(ckpt: dict[str, Any], a: argparse.Namespace, augment: str = "none") -> DefectDataModule:
     """The good images as a DataModule: train = memory (and fine-tune) images, val = calibration images."""
-    image_size = a.image_size or (info(ckpt).get("data") or {}).get("image_size")
+    settings = info(ckpt).get("data") or {}
+    if settings.get("resize", "stretch") != "stretch":  # calibrate() scores whole stretched images
+        raise UsageError(f"--ckpt_path {a.ckpt_path}: defectfm newline supports checkpoints trained with resize: "
+                         f"stretch, this one used {settings['resize']!r}")
+    image_size = a.image_size or settings.get("image_size")
     if image_size is None:
         raise UsageError(f"--ckpt_path {a.ckpt_path}: the checkpoint records no image size; give --image_size")
     if not 0.0 < a.calibration_fraction < 1.0:

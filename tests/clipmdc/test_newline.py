@@ -107,3 +107,9 @@ def test_newline_errors_are_one_line(generalist: dict[str, Path], tmp_path: Path
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.ckpt").exists()
+    tiled = torch.load(ckpt, weights_only=False)  # a checkpoint trained in tile mode: said, not silently stretched
+    tiled["defectfm"]["data"]["resize"] = "tile"
+    torch.save(tiled, tmp_path / "tiled.ckpt")
+    assert main(["newline", "--ckpt_path", str(tmp_path / "tiled.ckpt"), "--out", str(tmp_path / "x.ckpt"),
+                 "--good", str(generalist["wood"]), "--object", "wood"]) == 2
+    assert "supports checkpoints trained with resize: stretch, this one used 'tile'" in capsys.readouterr().err
