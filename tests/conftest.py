@@ -28,6 +28,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def fit_tiny_demo(tmp: Path) -> dict[str, Path]:
+    """A tiny CLIP-MDC trained for one epoch through ``lightning fit`` with the demo config on generated data
+    (``tmp/demo``), its last checkpoint in ``tmp/ckpt``: ``{"data", "ckpt", "tmp"}``."""
+    from common.cli import main
+    from common.data.demo import generate_demo_dataset
+
+    data = generate_demo_dataset(tmp / "demo", image_size=48, n_train_good=3, n_test_good=2, n_test_defect=2)
+    ckpt_dir = tmp / "ckpt"
+    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(ckpt_dir), "save_last": True}}])
+    configs = REPO / "configs" / "clipmdc"
+    assert main(["fit", "--config", str(configs / "demo.yaml"), "--config", str(configs / "model" / "tiny.yaml"),
+                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false", "--data.init_args.reader.init_args.root", str(data),
+                 "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0", "--trainer.max_epochs",
+                 "1", "--trainer.callbacks", callbacks, "--trainer.default_root_dir", str(tmp / "runs")]) == 0
+    return {"data": data, "ckpt": ckpt_dir / "last.ckpt", "tmp": tmp}
+
+
 def shared_data(name: str) -> Path:
     """Path of a real dataset in ``../shared/data``; skips the test with a reason when it is absent."""
     path = SHARED_DATA / name

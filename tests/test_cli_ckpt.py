@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from common.cli import main
-from common.data.demo import generate_demo_dataset
-from tests.conftest import REPO, write_image
+from tests.conftest import REPO, fit_tiny_demo, write_image
 
 DEMO = str(REPO / "configs" / "clipmdc" / "demo.yaml")
 TINY = str(REPO / "configs" / "clipmdc" / "model" / "tiny.yaml")
@@ -28,16 +27,7 @@ TRAINED_TYPES = ["good", "hole", "scratch", "stain"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny CLIP-MDC trained for one epoch through ``lightning fit`` with the demo config, on generated data."""
-    tmp = tmp_path_factory.mktemp("trained")
-    data = generate_demo_dataset(tmp / "demo", image_size=48, n_train_good=3, n_test_good=2, n_test_defect=2)
-    ckpt_dir = tmp / "ckpt"
-    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                             "init_args": {"dirpath": str(ckpt_dir), "save_last": True}}])
-    assert main(["fit", "--config", DEMO, "--config", TINY, *QUIET, "--data.init_args.reader.init_args.root",
-                 str(data), "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
-                 "--trainer.max_epochs", "1", "--trainer.callbacks", callbacks,
-                 "--trainer.default_root_dir", str(tmp / "runs")]) == 0
-    return {"data": data, "ckpt": ckpt_dir / "last.ckpt", "tmp": tmp}
+    return fit_tiny_demo(tmp_path_factory.mktemp("trained"))
 
 
 def lightning_predict(trained: dict[str, Path], out: Path, *extra: str) -> list[dict]:

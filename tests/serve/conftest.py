@@ -3,16 +3,14 @@ free loopback port (started once for the module that asks for it, stopped after)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common.cli import main
-from common.data.demo import generate_demo_dataset
 from common.serve.launch import Server, launch
-from tests.conftest import REPO
+from tests.conftest import REPO, fit_tiny_demo
 
 DEMO = str(REPO / "configs" / "clipmdc" / "demo.yaml")
 TINY = str(REPO / "configs" / "clipmdc" / "model" / "tiny.yaml")
@@ -29,15 +27,8 @@ def start_server(args: list[str], folder: Path) -> Server:
 def trained_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny CLIP-MDC trained one epoch through ``lightning fit`` on generated data, and a ``defectfm predict``
     run of it on the plate's test images (the review page's source)."""
-    tmp = tmp_path_factory.mktemp("serve_trained")
-    data = generate_demo_dataset(tmp / "demo", image_size=48, n_train_good=3, n_test_good=2, n_test_defect=2)
-    ckpt_dir = tmp / "ckpt"
-    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                             "init_args": {"dirpath": str(ckpt_dir), "save_last": True}}])
-    assert main(["fit", "--config", DEMO, "--config", TINY, *QUIET, "--data.init_args.reader.init_args.root",
-                 str(data), "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
-                 "--trainer.max_epochs", "1", "--trainer.callbacks", callbacks,
-                 "--trainer.default_root_dir", str(tmp / "runs")]) == 0
+    trained = fit_tiny_demo(tmp_path_factory.mktemp("serve_trained"))
+    data, ckpt_dir, tmp = trained["data"], trained["ckpt"].parent, trained["tmp"]
     folder = data / "plate" / "test"
     run = tmp / "predict_run"
     assert main(["predict", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--input", str(folder), "--out", str(run),
