@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import KEY
-from common.checkpoint import vocabulary_entries
+from common.checkpoint import KEY, vocabulary_entries
 from common.data.types import NORMAL
 from common.data.vocabulary import id_mapping, parse_vocabulary
 from diffdefect.stage2.classifier import default_lexicon

@@ -5,11 +5,10 @@ normalised by that object's scale; a new object is added without touching the ot
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import torch
 from torch.utils.data import DataLoader
-
-import zlib
 
 from clipmdc.memory import NormalMemory
 from clipmdc.module import CLIPMDCModule
